@@ -1,0 +1,1 @@
+"""Executor: signs and submits liquidation, funding and ADL transactions, and gets them mined."""

@@ -1,0 +1,1 @@
+"""Risk engine: the contracts' margin math mirrored off-chain, to the wei."""
