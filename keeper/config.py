@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
@@ -39,6 +39,11 @@ class DatabaseSettings(BaseModel):
     """SQLite by default (embedded); any SQLAlchemy URL, e.g. postgresql+psycopg://..., for scale."""
 
     url: str = f"sqlite:///{REPO_ROOT / 'var' / 'keeper.db'}"
+    #: SQLite: how long a writer waits for a lock before failing (ms).
+    busy_timeout_ms: int = Field(default=10_000, ge=0)
+    #: ``keeper index`` brings the schema to the latest migration at start (else: ``keeper db upgrade``).
+    auto_migrate: bool = True
+    echo: bool = False
 
 
 class IndexerSettings(BaseModel):
@@ -48,6 +53,14 @@ class IndexerSettings(BaseModel):
     initial_range: int = Field(default=2_000, ge=1)
     min_range: int = Field(default=1, ge=1)
     max_range: int = Field(default=100_000, ge=1)
+    #: First block of a fresh index (default: the deployments file's deployment_block).
+    start_block: int | None = Field(default=None, ge=0)
+    #: Ranges fetched ahead while the previous one is decoded and written.
+    pipeline_depth: int = Field(default=3, ge=1)
+    #: eth_getLogs ranges grow while their answers stay below this many logs.
+    target_logs: int = Field(default=5_000, ge=1)
+    #: Wake the poller on newHeads from chain.ws_url (polling goes on regardless).
+    use_ws: bool = True
 
 
 class DevSettings(BaseModel):
@@ -58,6 +71,69 @@ class DevSettings(BaseModel):
     guardian_key: str | None = None
 
 
+class LoggingSettings(BaseModel):
+    """Log output: JSON lines for machines or a readable console; every line is scrubbed of secrets."""
+
+    format: Literal["json", "console"] = "console"
+    level: str = "INFO"
+    #: Per-logger levels for noisy libraries, e.g. ``{"aiohttp.access" = "WARNING"}``.
+    levels: dict[str, str] = Field(
+        default_factory=lambda: {"aiohttp.access": "WARNING", "web3": "INFO", "urllib3": "WARNING"}
+    )
+    colors: bool = False
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus /metrics, served on an internal address only."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+    path: str = "/metrics"
+
+
+class WebhookSinkSettings(BaseModel):
+    """An operator webhook. ``url`` often embeds a token (Slack, Telegram): it is never logged."""
+
+    name: str = "webhook"
+    url: str
+    format: Literal["slack", "discord", "telegram"] = "slack"
+    chat_id: str | None = None  # telegram only
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class EmailSettings(BaseModel):
+    """SMTP server for operator alerts (``recipients``) and users' liquidation emails."""
+
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: Literal["starttls", "ssl", "none"] = "starttls"
+    ca_file: Path | None = None  # extra CA to trust (self-signed relay); system CAs otherwise
+    username: str | None = None
+    password_file: Path | None = None  # never the password itself in a file that is committed
+    sender: str
+    recipients: list[str] = Field(default_factory=list)
+    subject_prefix: str = "[zanbara keeper]"
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class AlertSettings(BaseModel):
+    """Operator alerts and user warnings."""
+
+    enabled: bool = True
+    cooldown_seconds: float = Field(default=900.0, ge=0)
+    send_resolved: bool = True
+    webhooks: list[WebhookSinkSettings] = Field(default_factory=list)
+    email: EmailSettings | None = None
+    retry_attempts: int = Field(default=4, ge=1)
+    retry_initial_backoff: float = Field(default=0.5, ge=0)
+    retry_max_backoff: float = Field(default=30.0, ge=0)
+    user_warnings: bool = True
+    #: Accept user webhook URLs that are plain http or point at loopback/private addresses (dev/tests).
+    allow_private_webhooks: bool = False
+    user_webhook_timeout: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEPER_", env_nested_delimiter="__", extra="forbid")
 
@@ -65,6 +141,9 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     indexer: IndexerSettings = Field(default_factory=IndexerSettings)
     dev: DevSettings = Field(default_factory=DevSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -25,7 +25,7 @@ _REGISTERED_SECRETS: set[str] = set()
 
 def redact(text: str) -> str:
     """Removes every loaded key (with or without 0x) from ``text``: the last line of defence for logs."""
-    for secret in _REGISTERED_SECRETS:
+    for secret in sorted(_REGISTERED_SECRETS, key=len, reverse=True):  # "0x…" before its bare form
         text = text.replace(secret, "[redacted]")
     return text
 

@@ -119,9 +119,10 @@ def liquidation_close_size(
     if is_below(account_value, mm, BPS):
         return abs_size, True
     shortfall = target_bps * mm - account_value * BPS + LIQUIDATION_SLACK * BPS
-    k = target_bps * mmr_bps - penalty_bps * BPS
-    if shortfall <= 0 or k == 0:
+    # Rt·mmr <= f: closing frees no more margin than the penalty costs; a partial cannot reach the target.
+    if shortfall <= 0 or target_bps * mmr_bps <= penalty_bps * BPS:
         return abs_size, True
+    k = target_bps * mmr_bps - penalty_bps * BPS
     delta = ceil_div(shortfall * 10**34, mark * k)
     if delta >= abs_size:
         return abs_size, True

@@ -1,0 +1,1 @@
+"""Chain access: contract ABIs and bytecode, the deployments file, and a checked RPC connection."""

@@ -1,0 +1,99 @@
+"""The keeper's metrics: one dedicated registry, keeper_ names, served over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from keeper.observability.metrics import METRICS, KeeperMetrics, metrics_app, reorg_depth_bucket
+from keeper.risk.math import WarningTier
+
+
+async def _scrape(app: web.Application) -> tuple[int, str, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            return resp.status, resp.headers["Content-Type"], await resp.text()
+    finally:
+        await runner.cleanup()
+
+
+def test_scrape_and_parse() -> None:
+    m = KeeperMetrics()
+    m.head_age.set(3.5)
+    m.index_lag.set(2)
+    m.record_events(10, now=0.0)
+    m.record_events(40, now=2.0)
+    m.set_tier_counts({WarningTier.HEALTHY: 90, WarningTier.DANGER: 3})
+    m.record_liquidation("sent")
+    m.record_liquidation("mined")
+    m.record_liquidation("lost_race")
+    m.observe_liquidation_latency(blocks=2, seconds=4.2)
+    m.pending_transactions.labels(lane="liquidation").set(1)
+    m.gas_spent.inc(21_000 * 10**9)
+    m.balance.set(5 * 10**18)
+    m.funding_lateness.observe(12)
+    m.fund_balance.set(1_000_000.5)
+    m.fund_coverage.set(1.8)
+    m.set_oracle_trust("ETH-USD", trusted=False)
+    m.anomaly_flags.labels(rule="price_jump").inc()
+    m.reconcile_mismatches.inc()
+    m.record_reorg(5)
+    m.rpc_errors.labels(kind="timeout").inc(2)
+
+    status, ctype, body = asyncio.run(_scrape(metrics_app(m.registry)))
+    assert status == 200 and ctype.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    assert families and all(name.startswith("keeper_") for name in families)
+
+    def value(name: str, **labels: str) -> float:
+        for s in (s for f in families.values() for s in f.samples):
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+        raise AssertionError(f"{name} {labels} not exported")
+
+    assert value("keeper_head_age_seconds") == 3.5
+    assert value("keeper_index_lag_blocks") == 2
+    assert value("keeper_events_indexed_total") == 50
+    assert value("keeper_events_indexed_per_second") == 20  # 40 events over 2 s
+    assert value("keeper_accounts_by_tier", tier="danger") == 3
+    assert value("keeper_accounts_by_tier", tier="liquidatable") == 0
+    assert value("keeper_liquidations_total", outcome="mined") == 1
+    assert value("keeper_liquidations_total", outcome="failed") == 0
+    assert value("keeper_liquidation_latency_blocks_count") == 1
+    assert value("keeper_liquidation_latency_seconds_bucket", le="8.0") == 1
+    assert value("keeper_pending_transactions", lane="liquidation") == 1
+    assert value("keeper_gas_spent_wei_total") == 21_000 * 10**9
+    assert value("keeper_balance_wei") == 5e18
+    assert value("keeper_funding_lateness_seconds_sum") == 12
+    assert value("keeper_fund_balance_usd") == 1_000_000.5
+    assert value("keeper_fund_coverage_ratio") == 1.8
+    assert value("keeper_oracle_untrusted", market="ETH-USD") == 1
+    assert value("keeper_anomaly_flags_total", rule="price_jump") == 1
+    assert value("keeper_book_reconcile_mismatches_total") == 1
+    assert value("keeper_reorgs_total", depth="4-7") == 1
+    assert value("keeper_rpc_errors_total", kind="timeout") == 2
+
+
+def test_dedicated_registry() -> None:
+    from prometheus_client import REGISTRY
+
+    assert METRICS.registry is not REGISTRY
+    assert REGISTRY.get_sample_value("keeper_index_lag_blocks") is None
+    assert [reorg_depth_bucket(d) for d in (1, 2, 3, 4, 15, 16, 64, 500)] == [
+        "1",
+        "2-3",
+        "2-3",
+        "4-7",
+        "8-15",
+        "16-63",
+        "64+",
+        "64+",
+    ]
