@@ -370,7 +370,7 @@ contract Exchange is AccessControl, ReentrancyGuard {
         }
         _executeTrade(msg.sender, marketId, sizeDelta, mark);
         if (increasing) {
-            _checkSystemLayer(marketId, mark);
+            _checkSystemLayer(marketId, mark, sizeDelta > 0);
             _checkAccount(msg.sender, leverage);
         }
         uint256 trades = ++tradeCount[msg.sender];
@@ -511,6 +511,7 @@ contract Exchange is AccessControl, ReentrancyGuard {
         int256 c0 = collateralOf[account];
         PositionChange memory ch = _modify(account, marketId, delta, mark, 0, ChangeReason.Deleverage);
         _settleTokens(c0, ch.collateralAfter, 0, 0);
+        _settleBadDebtIfFlat(account);
         (traderPnl, assets) = _adlState(marketId, mark);
         _setAdlActive(marketId, traderPnl, assets);
         emit AutoDeleveraged(account, marketId, delta, mark, ch.realizedPnl, score, traderPnl, assets);
@@ -683,14 +684,18 @@ contract Exchange is AccessControl, ReentrancyGuard {
         if (orderNotional > lim.maxOrderNotional) revert OrderTooLarge(tier, lim.maxOrderNotional, orderNotional);
     }
 
-    /// @dev System-layer caps after a risk-increasing order.
-    function _checkSystemLayer(uint256 m, uint256 mark) internal view {
+    /// @dev System-layer caps after a risk-increasing order: the cap of the side the order adds to
+    /// (caps are per side), then the global cap.
+    function _checkSystemLayer(uint256 m, uint256 mark, bool isLong) internal view {
         MarketState storage ms = marketState[m];
         MarketConfig storage mk = _markets[m];
-        uint256 longOi = (ms.longSize * mark) / RiskMath.USD_SCALE;
-        if (longOi > mk.longOiCap) revert OpenInterestCapExceeded(m, true, mk.longOiCap, longOi);
-        uint256 shortOi = (ms.shortSize * mark) / RiskMath.USD_SCALE;
-        if (shortOi > mk.shortOiCap) revert OpenInterestCapExceeded(m, false, mk.shortOiCap, shortOi);
+        if (isLong) {
+            uint256 longOi = (ms.longSize * mark) / RiskMath.USD_SCALE;
+            if (longOi > mk.longOiCap) revert OpenInterestCapExceeded(m, true, mk.longOiCap, longOi);
+        } else {
+            uint256 shortOi = (ms.shortSize * mark) / RiskMath.USD_SCALE;
+            if (shortOi > mk.shortOiCap) revert OpenInterestCapExceeded(m, false, mk.shortOiCap, shortOi);
+        }
         uint256 global = globalOpenInterest();
         if (global > params.globalOiCap) revert GlobalOpenInterestCapExceeded(params.globalOiCap, global);
     }

@@ -104,8 +104,9 @@ library RiskMath {
         // + LIQUIDATION_SLACK: rounding against the trader elsewhere (penalty up, PnL down, MM up) must not
         // leave the account a hair under the target.
         int256 shortfall = int256(targetBps * mm) - accountValue * int256(BPS) + int256(LIQUIDATION_SLACK * BPS);
+        // Rt·mmr <= f: closing frees no more margin than the penalty costs, a partial cannot reach the target.
+        if (shortfall <= 0 || targetBps * mmrBps <= penaltyBps * BPS) return (absSize, true);
         uint256 k = targetBps * mmrBps - penaltyBps * BPS;
-        if (shortfall <= 0 || k == 0) return (absSize, true);
         uint256 delta = ceilDivU(uint256(shortfall) * 1e34, mark * k);
         if (delta >= absSize) return (absSize, true);
         if (((absSize - delta) * mark) / USD_SCALE < minRemaining) return (absSize, true);
