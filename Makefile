@@ -31,7 +31,7 @@ NODE_LOCK  := $(wildcard $(CONTRACTS)/package-lock.json)
 
 export ANVIL FORGE CAST PY
 
-.PHONY: help setup build abis abis-check forge-test pytest lint test run lock clean distclean
+.PHONY: help setup build abis abis-check forge-test pytest lint test run lock clean distclean browser
 
 help:
 	@echo "make run         install, build, start anvil on 127.0.0.1:8545, deploy, simulate (Ctrl-C stops)"
@@ -92,8 +92,21 @@ forge-test: build
 	cd $(CONTRACTS) && $(FORGE) test $(FORGE_FLAGS)
 
 ## ---- python --------------------------------------------------------------------------------------
-pytest: $(VENV_STAMP)
-	$(PY) -m pytest
+# Headless Chromium for the page's browser test (Debian's package; Playwright drives /usr/bin/chromium,
+# its own browser download does not work here). Idempotent: installs only when it is missing.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [[ ! -x $(CHROMIUM) ]]; then \
+	  sudo=$$([[ $$(id -u) -eq 0 ]] || echo sudo); \
+	  $$sudo apt-get install -y chromium || { $$sudo apt-get update && $$sudo apt-get install -y chromium; }; \
+	fi
+
+# The Postgres half of the suite uses the server at KEEPER_TEST_PG_URL (default 127.0.0.1:5432) or,
+# when none answers, a throwaway one that scripts/ensure-postgres.sh starts and stops around the run.
+pytest: $(VENV_STAMP) browser
+	@url="$$(scripts/ensure-postgres.sh)"; rc=0; \
+	  KEEPER_TEST_PG_URL="$$url" $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	  scripts/ensure-postgres.sh --stop; exit $$rc
 
 lint: $(VENV_STAMP)
 	$(PY) -m ruff check .

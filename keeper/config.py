@@ -134,6 +134,55 @@ class AlertSettings(BaseModel):
     user_webhook_timeout: float = Field(default=10.0, gt=0)
 
 
+class ServerSettings(BaseModel):
+    """The public page and JSON API (``keeper serve``): read-only, served from the database."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: How often the in-memory snapshot is reloaded from the database (seconds).
+    refresh_interval: float = Field(default=1.0, gt=0)
+    #: A published figure older than this (wall-clock age of its read) is marked stale.
+    stale_after_seconds: float = Field(default=30.0, gt=0)
+    #: /healthz: 503 when the latest snapshot's read is older than this (publisher or head stuck) ...
+    max_snapshot_age_seconds: float = Field(default=60.0, gt=0)
+    #: ... or when the chain head's block time is older than this (None: not checked) ...
+    max_head_age_seconds: float | None = Field(default=None, gt=0)
+    #: ... or when the index lags the published head by more than this many blocks.
+    max_index_lag_blocks: int = Field(default=20, ge=0)
+    #: Per-client token bucket (requests/second refill, burst capacity); 429 beyond.
+    rate_limit_per_second: float = Field(default=10.0, gt=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+    #: /api/explain (one eth_call each): its own tighter bucket and a cap on concurrent simulations.
+    explain_rate_per_second: float = Field(default=1.0, gt=0)
+    explain_burst: int = Field(default=5, ge=1)
+    explain_concurrency: int = Field(default=4, ge=1)
+    explain_timeout: float = Field(default=5.0, gt=0)
+    #: Paging bound of /api/liquidations.
+    max_page_size: int = Field(default=100, ge=1, le=1000)
+    #: The page's script re-fetches the figures this often (seconds, at most 5).
+    page_poll_seconds: float = Field(default=3.0, gt=0, le=5)
+    #: Trust X-Forwarded-For for the client address (only behind a reverse proxy you control).
+    trust_forwarded_for: bool = False
+
+
+class PublisherSettings(BaseModel):
+    """The insurance-fund publisher (``keeper publish`` / ``keeper serve --publish``)."""
+
+    #: Head polling interval (seconds, at most 2).
+    poll_interval: float = Field(default=1.0, gt=0, le=2)
+    #: A snapshot is taken at least this often even without a new head (seconds, at most 10).
+    max_interval: float = Field(default=10.0, gt=0, le=10)
+    #: Keep every snapshot this long (block time), then one per hour.
+    full_resolution_seconds: int = Field(default=86_400, ge=60)
+    #: Drop history older than this (seconds; None: keep hourly rows forever).
+    retention_seconds: int | None = Field(default=None, ge=3_600)
+    #: Whale snapshot: how often (seconds) and how many of the largest positions.
+    whale_interval: int = Field(default=3_600, ge=1)
+    whale_top: int = Field(default=20, ge=1, le=1000)
+    #: Salt of the anonymized account ids (hash-truncated); change it to unlink published ids.
+    whale_salt: str = "zanbara-whales"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEPER_", env_nested_delimiter="__", extra="forbid")
 
@@ -144,6 +193,8 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    publisher: PublisherSettings = Field(default_factory=PublisherSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local dev loop (`make run`): anvil on 127.0.0.1:8545 (chain 31337, automine), deploy the contracts,
-# then simulate the "calm" scenario until Ctrl-C. Ctrl-C / SIGTERM stop every child cleanly.
+# migrate a fresh SQLite database, then run the indexer, the public page (with the insurance-fund
+# publisher) and the "calm" market simulator until Ctrl-C. Ctrl-C / SIGTERM stop every child cleanly.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -29,13 +30,14 @@ mkdir -p "$VAR"
 
 anvil_pid=""
 sim_pid=""
+index_pid=""
+serve_pid=""
 cleanup() {
   trap - INT TERM EXIT
-  for pid in $sim_pid $anvil_pid; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in $sim_pid $anvil_pid; do
-    wait "$pid" 2>/dev/null || true
+  # The simulator first (it restores anvil's mining settings), then the keeper, then the chain.
+  for group in "$sim_pid" "$index_pid $serve_pid" "$anvil_pid"; do
+    for pid in $group; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $group; do wait "$pid" 2>/dev/null || true; done
   done
   echo "dev-run: stopped"
 }
@@ -62,10 +64,33 @@ echo "dev-run: anvil is up (pid $anvil_pid)"
 echo "dev-run: $KEEPER deploy"
 "$KEEPER" deploy
 
+# A fresh chain needs a fresh index: the dev database lives and dies with this anvil.
+DB="$VAR/keeper.db"
+rm -f "$DB" "$DB-wal" "$DB-shm"
+export KEEPER_DATABASE__URL="sqlite:///$DB"
+"$KEEPER" db upgrade
+
+echo "dev-run: $KEEPER index (log $VAR/index.log)"
+"$KEEPER" index --no-progress >"$VAR/index.log" 2>&1 &
+index_pid=$!
+echo "dev-run: $KEEPER serve --publish (log $VAR/serve.log)"
+"$KEEPER" serve --publish >"$VAR/serve.log" 2>&1 &
+serve_pid=$!
+
 echo "dev-run: $KEEPER simulate --scenario calm --forever (Ctrl-C to stop)"
-"$KEEPER" simulate --scenario calm --forever &
+# setsid: the simulator gets our TERM (not the terminal's INT) so it can restore anvil before it stops.
+setsid "$KEEPER" simulate --scenario calm --forever &
 sim_pid=$!
-echo "dev-run: running: anvil pid $anvil_pid at $RPC, simulator pid $sim_pid; config ${KEEPER_CONFIG:-config/dev.toml}"
+cat <<INFO
+dev-run: running
+  chain      $RPC (anvil pid $anvil_pid, chain id $CHAIN_ID)
+  indexer    pid $index_pid -> $DB
+  page       http://127.0.0.1:8080/  (API /api/openapi.json, health /healthz, pid $serve_pid)
+  metrics    http://127.0.0.1:9108/metrics
+  simulator  pid $sim_pid (calm, 200 traders); other scenarios: .venv/bin/keeper simulate --scenario crash
+  status     .venv/bin/keeper status
+  config     ${KEEPER_CONFIG:-config/dev.toml}
+INFO
 status=0
 wait "$sim_pid" || status=$?
 sim_pid=""

@@ -1,0 +1,42 @@
+"""Index the DEX's contract events into the database (follows the chain; --until-head backfills and exits).
+
+Reads the deployments file (chain.deployments_file) for the contracts and the start block, the RPC
+node from chain.rpc_urls (chain.ws_url, when set, only wakes the poller on new heads), and writes to
+database.url (SQLite by default, or postgresql://...). Reorgs up to indexer.reorg_window blocks deep
+are rolled back and re-indexed; blocks are indexed once indexer.confirmations deep. Stop with Ctrl-C
+(or SIGTERM): the range being written is committed first, and the next run resumes from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help="TOML config file (default: config/dev.toml)"
+    )
+    parser.add_argument(
+        "--until-head", action="store_true", help="backfill up to the current head, then exit"
+    )
+    parser.add_argument(
+        "--from-block", type=int, metavar="N",
+        help="first block of a fresh index (default: indexer.start_block, else the deployment block)",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from keeper.config import load_settings
+    from keeper.indexer.service import run_index
+    from keeper.observability.logging import configure_from_settings
+
+    settings = load_settings(args.config)
+    configure_from_settings(settings)
+    run_index(
+        settings, until_head=args.until_head, start_block=args.from_block, progress=not args.no_progress
+    )
+    return 0

@@ -1,0 +1,181 @@
+"""The indexer wired from settings: what ``keeper index`` and ``keeper status`` (and the keeper) run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from sqlalchemy import Engine
+
+from keeper.errors import KeeperError
+from keeper.indexer.decode import EventDecoder
+from keeper.indexer.fetch import RpcClient, RpcError, TransportError
+from keeper.indexer.progress import Progress
+from keeper.indexer.sync import Indexer, SyncOptions
+from keeper.indexer.target import IndexTarget
+from keeper.indexer.writer import CheckpointState, IndexStore, table_counts
+from keeper.store.engine import make_engine, redact
+from keeper.store.migrate import current_revision, head_revision, upgrade
+
+log = logging.getLogger("keeper.indexer")
+
+
+def load_target(settings: Any, start_block: int | None = None) -> IndexTarget:
+    start = start_block if start_block is not None else settings.indexer.start_block
+    target = IndexTarget.from_file(settings.chain.deployments_file, start)
+    if settings.chain.chain_id is not None and settings.chain.chain_id != target.chain_id:
+        raise KeeperError(
+            f"the config says chain {settings.chain.chain_id} but the deployments file is for chain "
+            f"{target.chain_id}"
+        )
+    return target
+
+
+def open_database(settings: Any, *, migrate: bool | None = None) -> Engine:
+    db = settings.database
+    engine = make_engine(db.url, echo=db.echo, busy_timeout_ms=db.busy_timeout_ms)
+    if migrate if migrate is not None else db.auto_migrate:
+        upgrade(engine)
+    else:
+        rev = current_revision(engine)
+        if rev != head_revision():
+            raise KeeperError(
+                f"the database {redact(db.url)} is at schema {rev or 'none'}, expected {head_revision()}: "
+                "run keeper db upgrade"
+            )
+    return engine
+
+
+def make_rpc(settings: Any, *, retries: int = 6) -> RpcClient:
+    return RpcClient(settings.chain.rpc_urls, timeout=settings.chain.request_timeout, retries=retries)
+
+
+def make_indexer(
+    settings: Any,
+    engine: Engine,
+    target: IndexTarget,
+    rpc: RpcClient,
+    progress: Progress | None = None,
+    metrics: Any = None,
+) -> Indexer:
+    store = IndexStore(engine, target, EventDecoder.for_contracts(), settings.indexer.reorg_window)
+    ws = settings.chain.ws_url if settings.indexer.use_ws else None
+    return Indexer(
+        rpc, store, SyncOptions.from_settings(settings.indexer), progress=progress, ws_url=ws, metrics=metrics
+    )
+
+
+def run_index(
+    settings: Any, *, until_head: bool, start_block: int | None = None, progress: bool = True
+) -> CheckpointState | None:
+    """Runs the indexer in a new event loop until the head (or until SIGINT/SIGTERM)."""
+    target = load_target(settings, start_block)
+    engine = open_database(settings)
+    try:
+        return asyncio.run(_run(settings, engine, target, until_head=until_head, progress=progress))
+    finally:
+        engine.dispose()
+
+
+async def _run(
+    settings: Any, engine: Engine, target: IndexTarget, *, until_head: bool, progress: bool
+) -> CheckpointState | None:
+    stop = asyncio.Event()
+    async with make_rpc(settings) as rpc:
+        ix = make_indexer(settings, engine, target, rpc, Progress() if progress else None)
+        task = asyncio.create_task(ix.run(until_head=until_head, stop=stop))
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if not stop.is_set():
+                log.info("stopping (the range being written is committed first)")
+                stop.set()
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+        cp: CheckpointState | None
+        try:
+            cp = await task
+        except asyncio.CancelledError:
+            cp = ix.cp
+            if not stop.is_set():
+                raise
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        if cp is not None:
+            log.info(
+                "checkpoint: block %d (%s), %d events this run, %d reorgs",
+                cp.number,
+                cp.hash,
+                ix.stats.events,
+                ix.stats.reorgs,
+            )
+        return cp
+
+
+# ------------------------------------------------------------------------------------ status
+
+
+def status(settings: Any, *, query_chain: bool = True) -> dict[str, Any]:
+    """What ``keeper status`` prints: head, checkpoint, lag, event counts, table sizes."""
+    target = load_target(settings)
+    engine = make_engine(settings.database.url, busy_timeout_ms=settings.database.busy_timeout_ms)
+    try:
+        rev = current_revision(engine)
+        out: dict[str, Any] = {
+            "chain_id": target.chain_id,
+            "database": redact(settings.database.url),
+            "schema": rev,
+            "schema_head": head_revision(),
+            "start_block": target.start_block,
+            "checkpoint": None,
+            "head": None,
+            "safe_head": None,
+            "lag": None,
+            "rpc": settings.chain.rpc_urls[0],
+            "rpc_error": None,
+            "events": {},
+            "events_total": 0,
+            "tables": {},
+        }
+        if rev is not None:
+            store = IndexStore(engine, target, EventDecoder.for_contracts(), settings.indexer.reorg_window)
+            cp = store.checkpoint()
+            if cp is not None:
+                out["checkpoint"] = {"block": cp.number, "hash": cp.hash}
+                out["start_block"] = cp.start_block
+                out["deployment_matches"] = cp.deployment_key == target.deployment_key
+            out["events"] = store.event_counts()
+            out["events_total"] = sum(out["events"].values())
+            out["tables"] = table_counts(engine, target.chain_id)
+            window = store.window_blocks()
+            out["window"] = {"blocks": len(window), "lowest": window[-1][0] if window else None,
+                             "highest": window[0][0] if window else None}  # fmt: skip
+        if query_chain:
+            try:
+                cid, head = asyncio.run(_head(settings))
+                out["head"] = head
+                out["safe_head"] = head - settings.indexer.confirmations
+                if cid != target.chain_id:
+                    out["rpc_error"] = f"wrong chain: the node serves chain {cid}"
+                elif out["checkpoint"] is not None:
+                    out["lag"] = max(0, out["safe_head"] - out["checkpoint"]["block"])
+            except (KeeperError, RpcError, TransportError, OSError) as exc:
+                out["rpc_error"] = str(exc)
+        return out
+    finally:
+        engine.dispose()
+
+
+async def _head(settings: Any) -> tuple[int, int]:
+    async with RpcClient(
+        settings.chain.rpc_urls, timeout=min(5.0, settings.chain.request_timeout), retries=1
+    ) as rpc:
+        return await rpc.chain_id_and_head()

@@ -1,0 +1,525 @@
+"""The indexer's runner: checkpoint, confirmations, reorg window, pipelined backfill and live tail.
+
+One step (:meth:`Indexer.sync_once`):
+
+1. ``eth_chainId`` + ``eth_blockNumber`` in one batch: a wrong chain id stops the indexer
+   (KeeperError); a head lower than the last one seen is reported (warning) and nothing is indexed
+   past it.
+2. Tip check: the chain's hash at the checkpoint block must equal the checkpoint's hash (when the
+   head is below the checkpoint, the highest stored block at or below the head is compared: equal
+   means a lagging node, reported and waited for; different means a reorg).
+3. Catch up to ``head - confirmations``: a producer task fetches ranges ahead (``eth_getLogs`` with an
+   adaptive span, headers of the range's ends and of the part within the reorg window, the ``to``
+   header fetched before and after the logs so that logs and headers come from the same chain) into
+   a bounded asyncio queue, while the consumer decodes and writes the previous range in a worker
+   thread. Each range must link to the checkpoint (parent hash of its first block): a mismatch is a
+   reorg.
+4. Reorg: the stored window (block hashes of the last ``reorg_window`` blocks) is compared with the
+   chain, newest first; the highest block still on the chain is the fork point. Rollback above it and
+   the index of the new blocks after it are ONE transaction with the checkpoint. No stored block on
+   the chain: KeeperError "reorg deeper than the window".
+
+The tip check runs at start-up too, so a reorg that happened while the keeper was down is caught.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from keeper.errors import KeeperError
+from keeper.indexer.fetch import (
+    AdaptiveRange,
+    MissingBlock,
+    RangeTooLarge,
+    RpcClient,
+    RpcError,
+    RpcUnavailable,
+    TransportError,
+)
+from keeper.indexer.progress import Progress
+from keeper.indexer.records import BlockHeader
+from keeper.indexer.writer import ChainChanged, CheckpointState, FetchedRange, IndexStore
+
+log = logging.getLogger("keeper.indexer")
+
+MAX_RANGE_FAILURES = 10  # consecutive range errors at the minimum span before giving up
+MAX_REORG_ATTEMPTS = 10
+
+
+@dataclass
+class SyncOptions:
+    confirmations: int = 0
+    reorg_window: int = 128
+    poll_interval: float = 1.0
+    initial_range: int = 2_000
+    min_range: int = 1
+    max_range: int = 100_000
+    pipeline_depth: int = 3
+    target_logs: int = 5_000
+
+    @classmethod
+    def from_settings(cls, s: Any) -> SyncOptions:
+        return cls(
+            confirmations=s.confirmations,
+            reorg_window=s.reorg_window,
+            poll_interval=s.poll_interval,
+            initial_range=s.initial_range,
+            min_range=s.min_range,
+            max_range=s.max_range,
+            pipeline_depth=getattr(s, "pipeline_depth", 3),
+            target_logs=getattr(s, "target_logs", 5_000),
+        )
+
+
+@dataclass
+class SyncStats:
+    events: int = 0
+    ranges: int = 0
+    reorgs: int = 0
+    last_reorg_depth: int = 0
+    events_removed: int = 0
+    head: int | None = None
+
+
+class Indexer:
+    def __init__(
+        self,
+        rpc: RpcClient,
+        store: IndexStore,
+        options: SyncOptions | None = None,
+        *,
+        progress: Progress | None = None,
+        ws_url: str | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.rpc = rpc
+        self.store = store
+        self.target = store.target
+        self.opts = options or SyncOptions()
+        self.progress = progress
+        self.ws_url = ws_url
+        #: optional :class:`keeper.observability.metrics.KeeperMetrics` (index lag, events, reorgs)
+        self.metrics = metrics
+        self.range = AdaptiveRange(
+            self.opts.initial_range, self.opts.min_range, self.opts.max_range, self.opts.target_logs
+        )
+        self.cp: CheckpointState | None = None
+        self.stats = SyncStats()
+        self._last_head: int | None = None
+        self._wake = asyncio.Event()
+        self._behind_reported: int | None = None
+
+    # ------------------------------------------------------------------------------ start-up
+
+    async def start(self) -> CheckpointState:
+        """Checks the chain id, creates or loads the checkpoint, and checks the window against the chain."""
+        cid, head = await self.rpc.chain_id_and_head()
+        self._check_chain_id(cid)
+        cp = await asyncio.to_thread(self.store.checkpoint)
+        if cp is None:
+            start = self.target.start_block
+            if start > head + 1:
+                raise KeeperError(
+                    f"the start block {start} is above the chain head {head}: "
+                    "wrong chain or deployments file?"
+                )
+            base = None
+            if start > 0:
+                base = BlockHeader.from_rpc((await self.rpc.headers([start - 1]))[start - 1])
+            cp = await asyncio.to_thread(self.store.initialize, base)
+            log.info("new index of chain %d from block %d", cp.chain_id, cp.start_block)
+        else:
+            self.store.check_target(cp)
+            if cp.start_block != self.target.start_block:
+                log.warning(
+                    "the index started at block %d; the start block %d applies to a fresh database only",
+                    cp.start_block, self.target.start_block,
+                )  # fmt: skip
+        self.cp = cp
+        self._last_head = head
+        await self._check_tip(head)
+        return self.cp
+
+    def _check_chain_id(self, cid: int) -> None:
+        if cid != self.target.chain_id:
+            raise KeeperError(
+                f"wrong chain: the RPC node {self.rpc.url} serves chain id {cid}, the deployment is on chain "
+                f"{self.target.chain_id}; not indexing"
+            )
+
+    # ------------------------------------------------------------------------------ one step
+
+    async def sync_once(self) -> tuple[int, int]:
+        """Indexes up to the current safe head; returns (checkpoint block, safe head)."""
+        if self.cp is None:
+            await self.start()
+        assert self.cp is not None
+        cid, head = await self.rpc.chain_id_and_head()
+        self._check_chain_id(cid)
+        if self._last_head is not None and head < self._last_head:
+            log.warning(
+                "the chain head went backwards from %d to %d (a lagging node or a rollback)",
+                self._last_head,
+                head,
+            )
+        self._last_head = head
+        self.stats.head = head
+        self._observe(0, head)
+        for _ in range(MAX_REORG_ATTEMPTS):
+            if not await self._check_tip(head):
+                return self.cp.number, head - self.opts.confirmations
+            safe = head - self.opts.confirmations
+            if safe <= self.cp.number or await self._catch_up(safe, head):
+                return self.cp.number, safe
+            # the chain changed during the catch-up: check the tip again at the new head
+            cid, head = await self.rpc.chain_id_and_head()
+            self._check_chain_id(cid)
+            self._last_head = self.stats.head = head
+        raise KeeperError(
+            "the chain keeps changing under the indexer (reorgs during every attempt): giving up"
+        )
+
+    async def _check_tip(self, head: int) -> bool:
+        """True when the checkpoint is on the chain (after handling a reorg if there was one)."""
+        assert self.cp is not None
+        for _ in range(MAX_REORG_ATTEMPTS):
+            cp = self.cp
+            if cp.hash is None:  # nothing indexed yet, from genesis
+                return True
+            if cp.number <= head:
+                try:
+                    h = (await self.rpc.headers([cp.number]))[cp.number]["hash"].lower()
+                except MissingBlock:
+                    h = None
+                if h == cp.hash:
+                    self._behind_reported = None
+                    return True
+            else:
+                stored = [(n, hh) for n, hh in await asyncio.to_thread(self.store.window_blocks) if n <= head]
+                if stored:
+                    n, hh = stored[0]
+                    try:
+                        h = (await self.rpc.headers([n]))[n]["hash"].lower()
+                    except MissingBlock:
+                        h = None
+                    if h == hh:
+                        if self._behind_reported != head:
+                            log.warning(
+                                "the chain head %d is below the checkpoint %d and on the same chain: "
+                                "a lagging node (or a rollback not followed by new blocks yet); waiting",
+                                head, cp.number,
+                            )  # fmt: skip
+                            self._behind_reported = head
+                        return False
+                else:  # the head is below the whole window: nothing to compare, nothing to index yet
+                    if self._behind_reported != head:
+                        log.warning(
+                            "the chain head %d is more than the reorg window below the checkpoint %d: "
+                            "a lagging or resyncing node? waiting",
+                            head, cp.number,
+                        )  # fmt: skip
+                        self._behind_reported = head
+                    return False
+            if await self._reorg():
+                return True
+            _, head = await self.rpc.chain_id_and_head()
+        raise KeeperError(
+            "the chain keeps changing under the indexer (reorgs during every attempt): giving up"
+        )
+
+    # ------------------------------------------------------------------------------ reorg
+
+    async def _reorg(self) -> bool:
+        """Finds the fork point in the window, rolls back and re-indexes in one transaction."""
+        assert self.cp is not None
+        cid, head = await self.rpc.chain_id_and_head()
+        self._check_chain_id(cid)
+        window = await asyncio.to_thread(self.store.window_blocks)
+        cands = [(n, h) for n, h in window if n <= head]
+        fork: tuple[int, str] | None = None
+        if cands:
+            try:
+                chain = await self.rpc.headers([n for n, _ in cands])
+            except MissingBlock:
+                return False  # the chain moved again: try again
+            for n, h in cands:
+                if chain[n]["hash"].lower() == h:
+                    fork = (n, h)
+                    break
+        if fork is None:
+            lo = window[-1][0] if window else None
+            hi = window[0][0] if window else None
+            raise KeeperError(
+                f"reorg deeper than the window: none of the {len(window)} stored blocks ({lo}..{hi}) is "
+                f"on the chain any more (indexer.reorg_window = {self.opts.reorg_window}); the index cannot "
+                "be repaired in place: re-index into a fresh database (or raise indexer.reorg_window)"
+            )
+        depth = self.cp.number - fork[0]
+        safe = head - self.opts.confirmations
+        fr: FetchedRange | None = None
+        if safe > fork[0]:
+            to = min(safe, fork[0] + max(self.range.size, min(depth, self.opts.max_range)))
+            try:
+                fr = await self._fetch_adaptive(fork[0] + 1, to, head)
+            except ChainChanged:
+                return False
+            if fr.parent_hash != fork[1]:
+                return False
+        # A shorter new chain moves the window down: fetch the (unchanged) blocks it now reaches.
+        new_cp = fr.to_block if fr is not None else fork[0]
+        lo = max(self.target.start_block - 1, 0, new_cp - self.opts.reorg_window)
+        lowest = await asyncio.to_thread(self.store.lowest_block)
+        older: list[BlockHeader] = []
+        if lowest is not None and lo < lowest.number:
+            try:
+                got = await self.rpc.headers(list(range(lo, lowest.number)))
+            except MissingBlock:
+                return False
+            older = [BlockHeader.from_rpc(got[n]) for n in range(lo, lowest.number)]
+            linked = [*older, lowest]
+            if any(b.parent_hash != a.hash for a, b in zip(linked, linked[1:], strict=False)):
+                return False
+        old = self.cp
+        new, removed = await _shielded(asyncio.to_thread(self.store.commit_reorg, fork, fr, old, older))
+        self.cp = new
+        added = len(fr.records or []) if fr is not None else 0
+        self.stats.reorgs += 1
+        self.stats.last_reorg_depth = depth
+        if self.metrics is not None:
+            self.metrics.record_reorg(depth)
+        self._observe(added, head)
+        self.stats.events_removed += removed
+        self.stats.events += added
+        log.warning(
+            "reorg: blocks above %d replaced (depth %d, checkpoint was %d); %d events rolled back, "
+            "%d re-indexed, checkpoint now %d",
+            fork[0], depth, old.number, removed, added, new.number,
+        )  # fmt: skip
+        return True
+
+    # ------------------------------------------------------------------------------ fetching
+
+    async def _fetch_range(self, frm: int, to: int, head: int) -> FetchedRange:
+        """Logs and headers of [frm, to] from one consistent chain (ChainChanged otherwise)."""
+        t0 = time.monotonic()
+        try:
+            pre = await self.rpc.headers([to])
+        except MissingBlock as exc:
+            raise ChainChanged(str(exc)) from None
+        logs = await self.rpc.get_logs(frm, to, self.target.addresses)
+        w = self.opts.reorg_window
+        numbers = {frm, to}
+        if to > head - 2 * w - self.opts.confirmations:
+            numbers.update(range(max(frm, to - w), to + 1))
+        for lg in logs:
+            if not lg.get("blockTimestamp"):
+                numbers.add(int(lg["blockNumber"], 16))
+        try:
+            raw = await self.rpc.headers(sorted(numbers))
+        except MissingBlock as exc:
+            raise ChainChanged(str(exc)) from None
+        headers = {n: BlockHeader.from_rpc(h) for n, h in raw.items()}
+        if headers[to].hash != pre[to]["hash"].lower():
+            raise ChainChanged(f"block {to} changed while its range was fetched")
+        nums = sorted(headers)
+        for a, b in zip(nums, nums[1:], strict=False):
+            if b == a + 1 and headers[b].parent_hash != headers[a].hash:
+                raise ChainChanged(f"blocks {a} and {b} do not link")
+        for lg in logs:
+            bn = int(lg["blockNumber"], 16)
+            if lg.get("removed") or not frm <= bn <= to:
+                raise ChainChanged(f"log of block {bn} removed or outside {frm}-{to}")
+            hdr = headers.get(bn)
+            if hdr is not None and hdr.hash != lg["blockHash"].lower():
+                raise ChainChanged(f"log of block {bn} from another chain")
+        return FetchedRange(frm, to, logs, headers, time.monotonic() - t0)
+
+    async def _fetch_adaptive(self, frm: int, max_to: int, head: int) -> FetchedRange:
+        """A range from ``frm`` to at most ``max_to``, its span set by :class:`AdaptiveRange`."""
+        failures = 0
+        while True:
+            to = min(max_to, frm + self.range.size - 1)
+            span = to - frm + 1
+            try:
+                fr = await self._fetch_range(frm, to, head)
+            except RangeTooLarge as exc:
+                log.info("eth_getLogs %d-%d (%d blocks) refused: %s", frm, to, span, str(exc)[:200])
+                if span <= self.range.minimum:  # cannot shrink: a flaky provider, or one that cannot answer
+                    failures += 1
+                    if failures >= MAX_RANGE_FAILURES:
+                        raise RpcUnavailable(
+                            f"eth_getLogs keeps failing on a {span}-block range at {frm}: {exc}"
+                        ) from None
+                    await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                self.range.too_large(span, exc, frm)
+                continue
+            self.range.success(span, len(fr.logs))
+            return fr
+
+    async def _produce(self, start: int, safe: int, head: int, queue: asyncio.Queue[Any]) -> None:
+        try:
+            cur = start
+            while cur <= safe:
+                fr = await self._fetch_adaptive(cur, safe, head)
+                await queue.put(fr)
+                cur = fr.to_block + 1
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            await queue.put(exc)
+
+    async def _catch_up(self, safe: int, head: int) -> bool:
+        """Indexes up to ``safe``; False when it stopped early because the chain changed."""
+        assert self.cp is not None
+        completed = False
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.opts.pipeline_depth))
+        producer = asyncio.create_task(self._produce(self.cp.number + 1, safe, head, queue))
+        big = safe - self.cp.number > 1
+        if self.progress is not None and big:
+            self.progress.begin(self.cp.number + 1, safe)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    completed = True
+                    break
+                if isinstance(item, ChainChanged):
+                    log.info("chain changed while fetching (%s): checking for a reorg", item)
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                fr: FetchedRange = item
+                if self.cp.hash is not None and fr.parent_hash != self.cp.hash:
+                    log.info(
+                        "block %d does not link to the checkpoint %d: reorg", fr.from_block, self.cp.number
+                    )
+                    break
+                old = self.cp
+                self.cp = await _shielded(asyncio.to_thread(self.store.commit_range, fr, old))
+                n = len(fr.records or [])
+                self.stats.events += n
+                self.stats.ranges += 1
+                self._observe(n, head)
+                if self.progress is not None and big:
+                    self.progress.update(fr.to_block, n)
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await producer
+            if self.progress is not None and big:
+                self.progress.end()
+        return completed
+
+    def _observe(self, events: int, head: int) -> None:
+        if self.metrics is None or self.cp is None:
+            return
+        if events:
+            self.metrics.record_events(events)
+        self.metrics.index_lag.set(max(0, head - self.cp.number))
+
+    # ------------------------------------------------------------------------------ loops
+
+    async def run(self, *, until_head: bool = False, stop: asyncio.Event | None = None) -> CheckpointState:
+        """Backfills, then (unless ``until_head``) follows the chain until ``stop`` is set."""
+        await self.start()
+        if until_head:
+            for _ in range(3):  # the head may move during a long backfill: a couple of passes
+                cp, safe = await self.sync_once()
+                if cp >= safe:
+                    break
+            assert self.cp is not None
+            return self.cp
+        ws_task = asyncio.create_task(self._ws_waker(self.ws_url)) if self.ws_url else None
+        failures = 0
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    await self.sync_once()
+                    failures = 0
+                except (RpcUnavailable, TransportError, RpcError) as exc:
+                    failures += 1
+                    if self.metrics is not None:
+                        self.metrics.rpc_errors.labels(kind=type(exc).__name__).inc()
+                    delay = min(30.0, self.opts.poll_interval * 2**failures)
+                    log.warning("RPC trouble (%s); retrying in %.1f s", exc, delay)
+                    await _sleep_or(stop, delay)
+                    continue
+                self._wake.clear()
+                waits = [asyncio.create_task(self._wake.wait())]
+                if stop is not None:
+                    waits.append(asyncio.create_task(stop.wait()))
+                _done, pending = await asyncio.wait(
+                    waits, timeout=self.opts.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                for t in pending:
+                    t.cancel()
+        finally:
+            if ws_task is not None:
+                ws_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ws_task
+        assert self.cp is not None
+        return self.cp
+
+    async def _ws_waker(self, url: str) -> None:
+        """Subscribes to newHeads and wakes the poller on each; polling alone still works without it."""
+        backoff = 1.0
+        while True:
+            try:
+                async with aiohttp.ClientSession() as session, session.ws_connect(url, heartbeat=30) as ws:
+                    await ws.send_bytes(
+                        orjson.dumps(
+                            {"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}
+                        )
+                    )
+                    log.info("subscribed to newHeads on %s", url)
+                    backoff = 1.0
+                    async for msg in ws:
+                        if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                            try:
+                                data = orjson.loads(msg.data)
+                            except orjson.JSONDecodeError:
+                                continue
+                            if isinstance(data, dict) and data.get("method") == "eth_subscription":
+                                self._wake.set()
+                        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the poller goes on regardless
+                log.info(
+                    "newHeads subscription on %s failed (%s); polling only, retrying in %.0f s",
+                    url,
+                    exc,
+                    backoff,
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(60.0, backoff * 2)
+
+
+async def _shielded(coro: Any) -> Any:
+    """Lets a database commit finish even when the task is cancelled (Ctrl-C): no half-done ranges."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+async def _sleep_or(stop: asyncio.Event | None, seconds: float) -> None:
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,300 @@
+"""The indexer's database side (synchronous; the async runner calls it in a worker thread).
+
+Every write is one transaction that also moves the checkpoint, guarded by the checkpoint it expects
+(``UPDATE ... WHERE block_number = :old AND block_hash = :old``): a kill at any instant leaves either the
+whole range (data, blocks, checkpoint) or none of it, and a second writer on the same database fails
+instead of doubling rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from keeper.errors import KeeperError
+from keeper.indexer.decode import DecodeError, EventDecoder, checksum_address
+from keeper.indexer.derive import Deriver
+from keeper.indexer.records import BlockHeader, LogRecord
+from keeper.indexer.target import IndexTarget
+from keeper.store.bulk import bulk_insert
+from keeper.store.models import BLOCKS, CHECKPOINTS, EVENTS, TABLES
+
+log = logging.getLogger(__name__)
+
+
+class ConcurrentWriter(KeeperError):
+    """The checkpoint moved under us: another indexer writes to the same database."""
+
+
+class ChainChanged(Exception):
+    """The chain changed while a range was being fetched (a reorg in progress): fetch again."""
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    chain_id: int
+    deployment_key: str
+    start_block: int
+    number: int
+    hash: str | None
+
+
+@dataclass
+class FetchedRange:
+    """Logs of [from_block, to_block] and the headers fetched with them (at least both ends)."""
+
+    from_block: int
+    to_block: int
+    logs: list[dict[str, Any]]
+    headers: dict[int, BlockHeader]
+    fetch_seconds: float = 0.0
+    records: list[LogRecord] | None = field(default=None, repr=False)
+
+    @property
+    def parent_hash(self) -> str:
+        return self.headers[self.from_block].parent_hash
+
+    @property
+    def to_hash(self) -> str:
+        return self.headers[self.to_block].hash
+
+
+class IndexStore:
+    def __init__(self, engine: Engine, target: IndexTarget, decoder: EventDecoder, window: int) -> None:
+        self.engine = engine
+        self.target = target
+        self.chain_id = target.chain_id
+        self.decoder = decoder
+        self.deriver = Deriver(decoder)
+        self.window = window
+
+    # ------------------------------------------------------------------------------ checkpoint
+
+    def checkpoint(self) -> CheckpointState | None:
+        with self.engine.connect() as conn:
+            r = (
+                conn.execute(select(CHECKPOINTS).where(CHECKPOINTS.c.chain_id == self.chain_id))
+                .mappings()
+                .first()
+            )
+        if r is None:
+            return None
+        return CheckpointState(
+            r["chain_id"], r["deployment_key"], r["start_block"], r["block_number"], r["block_hash"]
+        )
+
+    def initialize(self, base: BlockHeader | None) -> CheckpointState:
+        """Creates the checkpoint just below the start block (``base`` is that block's header)."""
+        start = self.target.start_block
+        cp = CheckpointState(
+            self.chain_id, self.target.deployment_key, start, start - 1, base.hash if base else None
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(CHECKPOINTS).values(
+                    chain_id=cp.chain_id,
+                    deployment_key=cp.deployment_key,
+                    start_block=cp.start_block,
+                    block_number=cp.number,
+                    block_hash=cp.hash,
+                )
+            )
+            if base is not None:
+                conn.execute(insert(BLOCKS).values(**base.row(self.chain_id)))
+        return cp
+
+    def check_target(self, cp: CheckpointState) -> None:
+        if cp.deployment_key != self.target.deployment_key:
+            raise KeeperError(
+                f"the database holds the index of another deployment on chain {cp.chain_id} "
+                "(different contract addresses): use a fresh database for this deployment"
+            )
+
+    # ------------------------------------------------------------------------------ window
+
+    def lowest_block(self) -> BlockHeader | None:
+        with self.engine.connect() as conn:
+            r = (
+                conn.execute(
+                    select(BLOCKS)
+                    .where(BLOCKS.c.chain_id == self.chain_id)
+                    .order_by(BLOCKS.c.number)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return None if r is None else BlockHeader(r["number"], r["hash"], r["parent_hash"], r["timestamp"])
+
+    def window_blocks(self) -> list[tuple[int, str]]:
+        """Stored (number, hash) pairs of the reorg window, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(BLOCKS.c.number, BLOCKS.c.hash)
+                .where(BLOCKS.c.chain_id == self.chain_id)
+                .order_by(BLOCKS.c.number.desc())
+            ).all()
+        return [(int(n), str(h)) for n, h in rows]
+
+    # ------------------------------------------------------------------------------ decoding
+
+    def decode(self, fr: FetchedRange) -> list[LogRecord]:
+        """LogRecords of a fetched range, in chain order (unknown or malformed logs keep raw topics/data)."""
+        if fr.records is not None:
+            return fr.records
+        out: list[LogRecord] = []
+        contract_of = self.target.contract_of
+        decoder = self.decoder
+        headers = fr.headers
+        for lg in fr.logs:
+            bn = int(lg["blockNumber"], 16)
+            ts_hex = lg.get("blockTimestamp")
+            ts = int(ts_hex, 16) if ts_hex else headers[bn].timestamp
+            address = lg["address"]
+            contract = contract_of(address)
+            topics = lg["topics"]
+            data = lg["data"]
+            spec = None
+            try:
+                spec = decoder.spec_for(topics, contract) if contract is not None else None
+                args = spec.decode(topics, data) if spec is not None else None
+            except DecodeError as exc:
+                log.warning("undecodable log at block %d index %s: %s", bn, lg.get("logIndex"), exc)
+                spec, args = None, None
+            if spec is None or args is None:
+                spec, args = None, {"topics": [t.lower() for t in topics], "data": data.lower()}
+            out.append(
+                LogRecord(
+                    block_number=bn,
+                    block_hash=lg["blockHash"].lower(),
+                    block_timestamp=ts,
+                    tx_hash=lg["transactionHash"].lower(),
+                    tx_index=int(lg["transactionIndex"], 16),
+                    log_index=int(lg["logIndex"], 16),
+                    address=checksum_address(address),
+                    contract=contract,
+                    event_name=spec.name if spec is not None else None,
+                    args=args,
+                    spec=spec,
+                )
+            )
+        out.sort(key=lambda r: (r.block_number, r.log_index))
+        fr.records = out
+        return out
+
+    # ------------------------------------------------------------------------------ writes
+
+    def commit_range(self, fr: FetchedRange, expected: CheckpointState) -> CheckpointState:
+        """Indexes one fetched range and moves the checkpoint to its end, in one transaction."""
+        if expected.number + 1 != fr.from_block:
+            raise AssertionError(
+                f"range {fr.from_block}-{fr.to_block} does not follow the checkpoint {expected.number}"
+            )
+        records = self.decode(fr)
+        with self.engine.begin() as conn:
+            # The guarded checkpoint move comes first: it takes the write lock (a second writer waits,
+            # then finds the checkpoint moved and fails before writing anything).
+            new = self._move_checkpoint(conn, expected, fr.to_block, fr.to_hash)
+            self._write(conn, fr, records)
+        return new
+
+    def commit_reorg(
+        self,
+        fork: tuple[int, str],
+        fr: FetchedRange | None,
+        expected: CheckpointState,
+        older_headers: Sequence[BlockHeader] = (),
+    ) -> tuple[CheckpointState, int]:
+        """Rolls back above ``fork`` and indexes ``fr`` (the new chain after it), in one transaction.
+
+        ``older_headers``: blocks below the window's lowest, when the new chain is shorter than the
+        old one (the window then reaches lower).
+        """
+        if fr is not None and fr.from_block != fork[0] + 1:
+            raise AssertionError(
+                f"range {fr.from_block}-{fr.to_block} does not follow the fork block {fork[0]}"
+            )
+        records = self.decode(fr) if fr is not None else []
+        with self.engine.begin() as conn:
+            new = self._move_checkpoint(
+                conn, expected, *((fr.to_block, fr.to_hash) if fr is not None else fork)
+            )
+            removed = self.deriver.rollback(conn, self.chain_id, fork[0])
+            conn.execute(delete(BLOCKS).where(BLOCKS.c.chain_id == self.chain_id, BLOCKS.c.number > fork[0]))
+            if older_headers:
+                conn.execute(insert(BLOCKS), [h.row(self.chain_id) for h in older_headers])
+            if fr is not None:
+                self._write(conn, fr, records)
+        return new, removed
+
+    def _write(self, conn: Any, fr: FetchedRange, records: Sequence[LogRecord]) -> None:
+        if records:
+            cid = self.chain_id
+            bulk_insert(conn, EVENTS, [r.event_row(cid) for r in records])
+            self.deriver.apply(conn, cid, records)
+        rows = [
+            h.row(self.chain_id) for n, h in sorted(fr.headers.items()) if fr.from_block <= n <= fr.to_block
+        ]
+        if rows:
+            ins = postgresql.insert(BLOCKS) if conn.dialect.name == "postgresql" else sqlite.insert(BLOCKS)
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["chain_id", "number"],
+                    set_={
+                        "hash": ins.excluded.hash,
+                        "parent_hash": ins.excluded.parent_hash,
+                        "timestamp": ins.excluded.timestamp,
+                    },
+                ),
+                rows,
+            )
+        conn.execute(
+            delete(BLOCKS).where(
+                BLOCKS.c.chain_id == self.chain_id, BLOCKS.c.number < fr.to_block - self.window
+            )
+        )
+
+    def _move_checkpoint(
+        self, conn: Any, expected: CheckpointState, number: int, block_hash: str
+    ) -> CheckpointState:
+        c = CHECKPOINTS.c
+        cond = [c.chain_id == self.chain_id, c.block_number == expected.number]
+        cond.append(c.block_hash.is_(None) if expected.hash is None else c.block_hash == expected.hash)
+        res = conn.execute(
+            update(CHECKPOINTS).where(*cond).values(block_number=number, block_hash=block_hash)
+        )
+        if res.rowcount != 1:
+            raise ConcurrentWriter(
+                f"the checkpoint of chain {self.chain_id} moved under the indexer (expected block "
+                f"{expected.number}): is another indexer writing to the same database?"
+            )
+        return CheckpointState(
+            expected.chain_id, expected.deployment_key, expected.start_block, number, block_hash
+        )
+
+    # ------------------------------------------------------------------------------ reads
+
+    def event_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(EVENTS.c.event_name, func.count())
+                .where(EVENTS.c.chain_id == self.chain_id)
+                .group_by(EVENTS.c.event_name)
+            ).all()
+        return {(name or "(unknown)"): int(n) for name, n in sorted(rows, key=lambda r: r[0] or "")}
+
+
+def table_counts(engine: Engine, chain_id: int | None = None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with engine.connect() as conn:
+        for t in TABLES:
+            q = select(func.count()).select_from(t)
+            if chain_id is not None:
+                q = q.where(t.c.chain_id == chain_id)
+            out[str(t.name)] = int(conn.execute(q).scalar() or 0)
+    return out

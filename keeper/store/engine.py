@@ -1,0 +1,107 @@
+"""One engine factory for every database URL the keeper accepts.
+
+* SQLite (default, embedded): WAL journal, ``synchronous=NORMAL``, a busy timeout, and transactions
+  that really begin at ``BEGIN`` (pysqlite's own implicit transaction handling is switched off so that
+  reads and writes of one unit of work share one transaction).
+* PostgreSQL: ``postgresql://`` and ``postgres://`` are rewritten to ``postgresql+psycopg://``
+  (psycopg 3).
+
+JSON columns are (de)serialized with orjson on both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from keeper.errors import KeeperError
+
+__all__ = ["make_engine", "normalize_url", "redact"]
+
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+
+
+def _json_dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def normalize_url(url: str) -> str:
+    """The SQLAlchemy URL the keeper uses for ``url`` (driver made explicit for PostgreSQL)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        return make_url(normalize_url(url)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def make_engine(url: str, *, echo: bool = False, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
+    """An engine for ``url`` (sqlite:///path or postgresql[+psycopg]://...); KeeperError when unusable."""
+    try:
+        u = make_url(normalize_url(url))
+    except ArgumentError:
+        raise KeeperError(
+            f"invalid database URL {url!r}: use sqlite:///path or postgresql://user@host/db"
+        ) from None
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(u, echo=echo, busy_timeout_ms=busy_timeout_ms)
+    if backend == "postgresql":
+        if u.get_driver_name() != "psycopg":
+            raise KeeperError(
+                f"unsupported PostgreSQL driver {u.get_driver_name()!r}: use postgresql+psycopg://"
+            )
+        return create_engine(
+            u,
+            echo=echo,
+            pool_pre_ping=True,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+        )
+    raise KeeperError(f"unsupported database {backend!r}: use sqlite:///path or postgresql://...")
+
+
+def _sqlite_engine(u: Any, *, echo: bool, busy_timeout_ms: int) -> Engine:
+    db = u.database
+    memory = not db or db == ":memory:" or str(u.query.get("mode", "")) == "memory"
+    if not memory:
+        path = Path(db)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeeperError(f"cannot create the database folder {path.parent}: {exc.strerror}") from None
+    engine = create_engine(
+        u,
+        echo=echo,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine

@@ -1,0 +1,302 @@
+"""The indexer against a real anvil, on SQLite and on PostgreSQL: backfill equals the contracts' views,
+incremental equals fresh, the CLI (index --until-head, status, db), live tail, wrong chain, two writers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from keeper.devchain.simulate import simulate, trader_address
+from keeper.errors import KeeperError
+from keeper.indexer.fetch import RpcClient
+from keeper.indexer.sync import Indexer, SyncOptions
+from keeper.indexer.target import IndexTarget
+from keeper.indexer.testing import Driver, compare_with_views, fresh_dump, index_to_head, open_store
+from keeper.indexer.writer import ConcurrentWriter
+from keeper.store.dump import diff_dumps, dump_tables
+from keeper.store.models import BadDebtRow, FundFlowRow, FundingSettlementRow, LiquidationRow
+from keeper.store.testdb import DatabaseUnavailable, throwaway_database
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = 3
+N_TRADERS = 16
+USDC = 10**6
+WAD = 10**18
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def new_db(db_kind: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Factory of throwaway databases of this test's kind (PostgreSQL: keeper_t_<random>, dropped after)."""
+    with ExitStack() as stack:
+
+        def make() -> str:
+            try:
+                return stack.enter_context(throwaway_database(db_kind, tmp_path))
+            except DatabaseUnavailable as exc:
+                pytest.fail(str(exc))
+
+        yield make
+
+
+def _sim_traders() -> list[str]:
+    return [trader_address(SEED, i) for i in range(N_TRADERS)]
+
+
+def _size_for(d: Driver, market: int, notional_usd: float) -> int:
+    mark = d.c["OracleHub"].functions.markPrice(market).call()
+    return int(notional_usd * WAD * WAD / mark)
+
+
+def stage_liquidations(d: Driver) -> None:
+    """Leveraged accounts, then two price drops: partial liquidations, full ones, bad debt, fund payouts."""
+    ex = d.c["Exchange"]
+    t0, t1, t2, t3 = d.traders[:4]
+    txs = []
+    for t, deposit in ((t0, 1_000), (t1, 1_000), (t2, 1_000), (t3, 50_000)):
+        txs += [
+            d.tx(d.usdc, "faucet", [t, deposit * USDC], t),
+            d.tx(d.usdc, "approve", [ex.address, 2**256 - 1], t),
+            d.tx(ex, "deposit", [deposit * USDC], t),
+            d.tx(ex, "setEducation", [t, True], d.risk_admin),
+        ]
+    txs += [d.tx(ex, "setCertified", [t, True], d.risk_admin) for t in (t0, t1)]  # 20x
+    d.send_all(txs)
+    d.move_prices(1.0)  # both feeds equal: the mark is the feeds' price, whatever the EMA
+    d.send_all(
+        [
+            d.trade_tx(t0, 1, _size_for(d, 1, 18_000), 20),
+            d.trade_tx(t1, 0, _size_for(d, 0, 18_500), 20),
+            d.trade_tx(t2, 2, _size_for(d, 2, 2_900), 3),
+            d.trade_tx(t3, 1, -_size_for(d, 1, 2_000), 2),
+        ]
+    )
+    for t, m in ((t0, 1), (t1, 0)):  # margin ratio 105%: partial liquidations
+        d.set_price(m, d.price_for_ratio(t, m, 1.05))
+    assert d.liquidate_all([t0, t1]) == 2
+    d.move_prices(0.6)  # everything levered is under water: full liquidations with bad debt
+    assert d.liquidate_all([*d.traders, *_sim_traders()]) >= 3
+
+
+def test_backfill_equals_contract_views(
+    deployed: Any, new_db: Callable[[], str], tmp_path: Path, db_kind: str
+) -> None:
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED, blocks=12)
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target)
+    try:
+        first = index_to_head(url, store, initial_range=7)  # several ranges through the pipeline
+        assert first.stats.ranges > 1
+        errors = compare_with_views(engine, w3, dep, target.chain_id, first.checkpoint.number, _sim_traders())
+        assert not errors, "\n".join(errors[:20])
+
+        d = Driver(w3, dep)
+        stage_liquidations(d)
+        d.admin_actions()
+        d.settle_funding()
+        d.send(d.trade_tx(d.traders[3], 1, _size_for(d, 1, 1_000), 2))  # t3 reduces its short
+        second = index_to_head(url, store)
+        block = second.checkpoint.number
+        assert block == w3.eth.block_number
+        errors = compare_with_views(engine, w3, dep, target.chain_id, block, [*_sim_traders(), *d.traders])
+        assert not errors, "\n".join(errors[:20])
+
+        with engine.connect() as conn:
+            liq = conn.execute(select(LiquidationRow.full, func.count()).group_by(LiquidationRow.full)).all()
+            kinds = dict(liq)
+            assert kinds.get(False, 0) >= 1 and kinds.get(True, 0) >= 1, kinds  # partial and full
+            assert conn.execute(select(func.count()).select_from(BadDebtRow)).scalar() >= 1
+            payouts = conn.execute(select(func.count()).where(FundFlowRow.direction == "payout")).scalar()
+            assert payouts >= 1
+            assert conn.execute(select(func.count()).select_from(FundingSettlementRow)).scalar() == len(
+                dep.markets
+            )
+
+        # an index built in two runs equals a fresh one, table by table
+        fresh = fresh_dump(url, target, db_kind, tmp_path, initial_range=100_000)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+    finally:
+        engine.dispose()
+
+
+def test_tiny_ranges_equal_one_big_range(
+    deployed: Any, new_db: Callable[[], str], tmp_path: Path, db_kind: str
+) -> None:
+    """Ranges of 1-2 blocks (every range boundary, header window and pipeline hand-off) change nothing."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "crash", traders=8, seed=SEED, blocks=6)
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target, window=4)
+    try:
+        run = index_to_head(url, store, initial_range=1, max_range=2, pipeline_depth=2)
+        assert run.stats.ranges >= (run.checkpoint.number - target.start_block) // 2
+        fresh = fresh_dump(url, target, db_kind, tmp_path, window=4, initial_range=100_000)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+        assert len(store.window_blocks()) == 5  # the window: checkpoint and the 4 blocks below it
+    finally:
+        engine.dispose()
+
+
+def _keeper(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keeper.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_index_status_db(deployed: Any, new_db: Callable[[], str], tmp_path: Path) -> None:
+    w3, dep = deployed.w3, deployed.deployment
+    simulate(w3, dep, "calm", traders=6, seed=SEED, blocks=4)
+    db_url = new_db()
+    env = {
+        **os.environ,
+        "KEEPER_CONFIG": str(tmp_path / "none.toml"),  # defaults + environment only
+        "KEEPER_DATABASE__URL": db_url,
+        "KEEPER_CHAIN__RPC_URLS": orjson.dumps([deployed.anvil.url]).decode(),
+        "KEEPER_CHAIN__DEPLOYMENTS_FILE": str(deployed.path),
+        "KEEPER_CHAIN__CHAIN_ID": "31337",
+    }
+    r = _keeper(["db", "current"], env)
+    assert r.returncode == 0 and r.stdout.startswith("none"), r.stderr
+    r = _keeper(["db", "upgrade"], env)
+    assert r.returncode == 0, r.stderr
+    assert "upgraded from empty to" in r.stdout
+    r = _keeper(["index", "--until-head"], env)
+    assert r.returncode == 0, r.stderr
+    assert "indexed" in r.stderr  # plain progress/log lines when stderr is not a TTY
+    r = _keeper(["status", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    st = orjson.loads(r.stdout)
+    head = w3.eth.block_number
+    assert st["head"] == head and st["checkpoint"]["block"] == head and st["lag"] == 0
+    assert st["events"]["PositionChanged"] > 0 and st["events_total"] == sum(st["events"].values())
+    r = _keeper(["status"], env)
+    assert r.returncode == 0 and "checkpoint" in r.stdout and "lag          0 blocks" in r.stdout, r.stdout
+
+    bad = {**env, "KEEPER_CHAIN__CHAIN_ID": "1"}
+    r = _keeper(["index", "--until-head"], bad)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "chain" in r.stderr
+
+
+def test_wrong_chain_is_not_indexed(deployed: Any, new_db: Callable[[], str]) -> None:
+    dep = deployed.deployment
+    target = IndexTarget(
+        chain_id=1, start_block=dep.deployment_block, contracts=IndexTarget.from_deployment(dep).contracts
+    )
+    engine, store = open_store(new_db(), target)
+    try:
+        with pytest.raises(KeeperError, match="wrong chain"):
+            index_to_head(deployed.anvil.url, store)
+        assert store.checkpoint() is None
+    finally:
+        engine.dispose()
+
+
+def test_two_writers_cannot_double_index(deployed: Any, new_db: Callable[[], str]) -> None:
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    target = IndexTarget.from_deployment(dep)
+    db = new_db()
+    engine, store = open_store(db, target)
+    engine2, store2 = open_store(db, target)
+    try:
+        index_to_head(url, store)
+        stale = store2.checkpoint()
+        assert stale is not None
+        simulate(w3, dep, "calm", traders=4, seed=SEED, blocks=2)
+        index_to_head(url, store)
+
+        async def fetch() -> Any:
+            async with RpcClient(url) as rpc:
+                ix = Indexer(rpc, store2, SyncOptions())
+                return await ix._fetch_range(stale.number + 1, stale.number + 1, w3.eth.block_number)
+
+        fr = asyncio.run(fetch())
+        with pytest.raises(ConcurrentWriter):
+            store2.commit_range(fr, stale)
+    finally:
+        engine.dispose()
+        engine2.dispose()
+
+
+def test_live_tail_woken_by_new_heads(deployed: Any, new_db: Callable[[], str]) -> None:
+    """Continuous mode: a WebSocket newHeads subscription wakes the poller (poll interval set to 30 s)."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target)
+    d = Driver(w3, dep)
+
+    async def main() -> float:
+        stop = asyncio.Event()
+        async with RpcClient(url) as rpc:
+            ix = Indexer(rpc, store, SyncOptions(poll_interval=30.0), ws_url=url.replace("http://", "ws://"))
+            task = asyncio.create_task(ix.run(stop=stop))
+            try:
+                while ix.cp is None or ix.cp.number < w3.eth.block_number:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # the subscription is up
+                await asyncio.to_thread(d.send, d.refresh_tx(0))
+                head = w3.eth.block_number
+                t0 = time.monotonic()
+                while ix.cp.number < head:
+                    assert time.monotonic() - t0 < 10, "not woken by newHeads"
+                    await asyncio.sleep(0.02)
+                return time.monotonic() - t0
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+
+    try:
+        latency = asyncio.run(main())
+        assert latency < 5.0
+        assert store.event_counts().get("PriceRefreshed", 0) >= 1
+    finally:
+        engine.dispose()
+
+
+def test_failure_inside_a_commit_leaves_nothing_behind(
+    deployed: Any, new_db: Callable[[], str], tmp_path: Path, db_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the raw events and the derived state (or anywhere in a range) rolls the range back."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target)
+    try:
+        index_to_head(url, store)
+        simulate(w3, dep, "calm", traders=6, seed=SEED, blocks=3)
+        before = dump_tables(engine, target.chain_id)
+
+        def boom(*_a: Any, **_k: Any) -> None:
+            raise RuntimeError("killed mid-transaction")
+
+        monkeypatch.setattr(store.deriver, "apply", boom)
+        with pytest.raises(RuntimeError, match="killed mid-transaction"):
+            index_to_head(url, store)
+        assert dump_tables(engine, target.chain_id) == before  # no event, block or checkpoint moved
+        monkeypatch.undo()
+        index_to_head(url, store)
+        fresh = fresh_dump(url, target, db_kind, tmp_path)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+    finally:
+        engine.dispose()

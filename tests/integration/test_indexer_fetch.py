@@ -1,0 +1,213 @@
+"""Fetching: the providers' range errors, the adaptive range, and a fault-injecting JSON-RPC proxy in front
+of anvil (range limits in every provider's style, timeouts, truncated and malformed answers, HTTP 503):
+the index built through it equals a fresh index built directly, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keeper.devchain.simulate import simulate
+from keeper.indexer.fetch import (
+    AdaptiveRange,
+    RangeTooLarge,
+    RpcClient,
+    RpcError,
+    TransportError,
+    classify_range_error,
+)
+from keeper.indexer.target import IndexTarget
+from keeper.indexer.testing import FaultProxy, fresh_dump, open_store
+from keeper.store.dump import diff_dumps, dump_tables
+from keeper.store.testdb import DatabaseUnavailable, throwaway_database
+
+# ------------------------------------------------------------------------------------ classification
+
+RANGE_ERRORS: list[tuple[RpcError | TransportError, tuple[int, int] | None, int | None]] = [
+    (
+        RpcError(
+            -32602,
+            "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block range "
+            "and no limit on the response size, or you can request any block range with a cap of 10K logs in "
+            "the response. Based on your parameters, this block range should work: [0x1, 0x2]",
+        ),
+        (1, 2),
+        None,
+    ),
+    (
+        RpcError(
+            -32005, "query returned more than 10000 results", {"from": "0x10", "to": "0x20", "limit": 10000}
+        ),
+        (16, 32),
+        None,
+    ),
+    (
+        RpcError(-32005, "query returned more than 10000 results. Try with this block range [0x64, 0xc8]."),
+        (100, 200),
+        None,
+    ),
+    (RpcError(-32000, "exceed maximum block range: 5000"), None, 5000),
+    (RpcError(-32600, "eth_getLogs is limited to a 10,000 range"), None, 10000),
+    (RpcError(-32000, "block range is too wide"), None, None),
+    (RpcError(-32000, "Block range is too large"), None, None),
+    (RpcError(-32000, "response size exceeds 150 MB limit"), None, None),
+    (RpcError(-32005, "limit exceeded"), None, None),
+    (RpcError(-32000, "Query timeout exceeded. Consider reducing your block range"), None, None),
+    (RpcError(-32005, "something new"), None, None),  # the code alone says "limit exceeded"
+    (RpcError(-32000, "ranges over 2000 blocks are not supported on freetier"), None, 2000),
+    (TransportError("timeout", timeout=True), None, None),
+    (TransportError("truncated", malformed=True), None, None),
+    (TransportError("HTTP 413", status=413), None, None),
+]
+NOT_RANGE_ERRORS = [
+    RpcError(-32601, "the method eth_foo does not exist/is not available"),
+    RpcError(3, "execution reverted"),
+    RpcError(-32602, "invalid argument 0: hex string without 0x prefix"),
+    TransportError("connection refused"),
+    TransportError("HTTP 401", status=401),
+]
+
+
+@pytest.mark.parametrize(
+    ("err", "suggested", "max_blocks"),
+    RANGE_ERRORS,
+    ids=lambda x: str(x)[:40] if isinstance(x, Exception) else None,
+)
+def test_range_errors_are_recognised(err: Any, suggested: Any, max_blocks: Any) -> None:
+    got = classify_range_error(err)
+    assert got is not None
+    assert got.suggested == suggested
+    assert got.max_blocks == max_blocks
+
+
+@pytest.mark.parametrize("err", NOT_RANGE_ERRORS, ids=str)
+def test_other_errors_are_not_range_errors(err: Any) -> None:
+    assert classify_range_error(err) is None
+
+
+def test_adaptive_range() -> None:
+    r = AdaptiveRange(100, minimum=1, maximum=1_000, target_logs=50)
+    r.success(100, 10)
+    assert r.size == 200
+    r.too_large(200, RangeTooLarge("x", suggested=(5, 34)), 5)
+    assert r.size == 30
+    r.too_large(30, RangeTooLarge("x", max_blocks=8), 5)
+    assert r.size == 8 and r.cap == 8
+    r.success(8, 0)
+    assert r.size == 8  # the provider's stated limit is not exceeded again
+    r.too_large(8, RangeTooLarge("x"), 5)
+    assert r.size == 4
+    r.success(4, 500)  # far more logs than the target: shrink
+    assert r.size == 2
+    for _ in range(20):
+        r.too_large(r.size, RangeTooLarge("x"), 5)
+    assert r.size == 1
+
+
+# ------------------------------------------------------------------------------------ fault proxy
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def new_db(db_kind: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    with ExitStack() as stack:
+
+        def make() -> str:
+            try:
+                return stack.enter_context(throwaway_database(db_kind, tmp_path))
+            except DatabaseUnavailable as exc:
+                pytest.fail(str(exc))
+
+        yield make
+
+
+@pytest.mark.integration
+def test_index_through_a_faulty_provider_equals_a_direct_index(
+    deployed: Any, new_db: Callable[[], str], db_kind: str, tmp_path: Path
+) -> None:
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=8, seed=5, blocks=6)
+    target = IndexTarget.from_deployment(dep)
+    faults = [
+        "alchemy",
+        "timeout",
+        "infura",
+        "truncated",
+        "quicknode",
+        "malformed",
+        "wide",
+        "not-a-list",
+        "413",
+    ]
+    schedule = [
+        x for f in [*faults, "code", "truncated"] for x in ("ok", f)
+    ]  # the range grows back in between
+    engine, store = open_store(new_db(), target, window=16)
+    try:
+        with FaultProxy(url, max_span=7, schedule=schedule, fail_every=5, strip_timestamps=True) as proxy:
+
+            async def main() -> Any:
+                from keeper.indexer.sync import Indexer, SyncOptions
+
+                async with RpcClient(proxy.url, timeout=1.0, retries=8, backoff=0.01) as rpc:
+                    ix = Indexer(
+                        rpc,
+                        store,
+                        SyncOptions(reorg_window=16, initial_range=50, max_range=1_000, target_logs=10**6),
+                    )
+                    cp = await ix.run(until_head=True)
+                    return cp, ix.range.size
+
+            cp, final_size = asyncio.run(main())
+        assert cp.number == w3.eth.block_number
+        assert final_size <= 7  # learnt the provider's limit
+        for what in (
+            "alchemy",
+            "infura",
+            "maxrange",
+            "quicknode",
+            "wide",
+            "413",
+            "code",
+            "timeout",
+            "truncated",
+            "malformed",
+            "not-a-list",
+            "503",
+        ):
+            assert proxy.counts.get(what, 0) >= 1, (what, proxy.counts)
+        fresh = fresh_dump(url, target, db_kind, tmp_path, window=16)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.integration
+def test_unreachable_node_is_one_clear_error(new_db: Callable[[], str], deployed: Any) -> None:
+    from keeper.errors import KeeperError
+    from keeper.indexer.fetch import RpcUnavailable
+
+    target = IndexTarget.from_deployment(deployed.deployment)
+    engine, store = open_store(new_db(), target)
+    try:
+        with pytest.raises(KeeperError) as info:
+            asyncio.run(_index_with(store, "http://127.0.0.1:9", retries=1))
+        assert isinstance(info.value, RpcUnavailable) and "RPC unavailable" in str(info.value)
+    finally:
+        engine.dispose()
+
+
+async def _index_with(store: Any, url: str, retries: int) -> Any:
+    from keeper.indexer.sync import Indexer
+
+    async with RpcClient(url, timeout=1.0, retries=retries, backoff=0.01) as rpc:
+        return await Indexer(rpc, store).run(until_head=True)
