@@ -183,6 +183,93 @@ class PublisherSettings(BaseModel):
     whale_salt: str = "zanbara-whales"
 
 
+class RiskSettings(BaseModel):
+    """The live risk book (``keeper liquidate``, ``keeper accounts``)."""
+
+    #: Oracle guard: a market whose primary and secondary answers differ by more than this is untrusted.
+    max_oracle_deviation_bps: int = Field(default=200, ge=1)
+    #: Reconciler: every this many blocks, compare this many accounts with Exchange.accountSummary.
+    reconcile_every_blocks: int = Field(default=10, ge=1)
+    reconcile_accounts: int = Field(default=20, ge=0)
+
+
+class ExecutorSettings(BaseModel):
+    """The liquidator and its transaction manager. The key: ``keystore`` + ``password_file``, or (dev
+    chains only) the environment variable named by ``key_env``."""
+
+    keystore: Path | None = None
+    password_file: Path | None = None
+    key_env: str = "KEEPER_PRIVATE_KEY"
+    #: Minimum expected keeper reward (collateral units) to send a liquidation; 0: even at a loss.
+    min_reward: int = Field(default=0, ge=0)
+    #: Share of the block gas limit one batch may use, and batches sent per block.
+    batch_fill: float = Field(default=0.5, gt=0, le=1)
+    max_batches_per_block: int = Field(default=2, ge=1)
+    max_fee_cap_gwei: float = Field(default=500.0, gt=0)
+    replace_after_blocks: int = Field(default=3, ge=1)
+    bump_pct: float = Field(default=12.5, ge=10)
+    #: Head polling interval of the liquidation loop (seconds).
+    poll_interval: float = Field(default=0.5, gt=0)
+    #: The transaction journal (default: the index database).
+    journal_url: str | None = None
+
+
+class KeeperSettings(BaseModel):
+    """This keeper process among several (see ``[leader]``)."""
+
+    #: Name of this node in logs and in the leader table (default: ``<hostname>-<pid>``).
+    node_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class LeaderSettings(BaseModel):
+    """Leader election among several nodes sharing one PostgreSQL database (:mod:`keeper.leader`).
+
+    The node holding a PostgreSQL advisory lock is the leader: only it indexes and sends transactions.
+    On SQLite there is a single node, always the leader.
+    """
+
+    #: false: a single node, always the leader, even on PostgreSQL (no lock taken).
+    enabled: bool = True
+    #: A standby tries to take the lock this often (seconds).
+    retry_interval: float = Field(default=1.0, gt=0, le=10)
+    #: The leader checks its lock connection (``SELECT 1``) this often (seconds).
+    liveness_interval: float = Field(default=2.0, gt=0, le=10)
+    #: The server ends a silent lock session after this long (``idle_session_timeout``), freeing the
+    #: lock of a frozen or cut-off leader; a leader trusts its lock only this long after a good check.
+    session_timeout: float = Field(default=8.0, ge=3, le=60)
+    #: Connecting to the database for the lock (seconds).
+    connect_timeout: float = Field(default=5.0, gt=0)
+
+
+class FundingSettings(BaseModel):
+    """Funding settlement, ADL and the insurance-fund watch (``keeper funding``). Funding and ADL each
+    sign with their OWN key (their own lane), never the liquidator's: a stuck funding or ADL transaction
+    must not hold a liquidation's nonce. Key: ``keystore`` + ``password_file``, or (dev chains only) the
+    environment variable named by ``key_env`` / ``adl_key_env``."""
+
+    enabled: bool = True
+    keystore: Path | None = None
+    password_file: Path | None = None
+    key_env: str = "KEEPER_FUNDING_KEY"
+    #: Head polling interval of the funding/ADL/fund-watch jobs (wall seconds; due times are chain time).
+    poll_interval: float = Field(default=1.0, gt=0, le=30)
+    #: Chain seconds before dueAt a settlement may already be simulated (the next block is later).
+    lead_seconds: int = Field(default=0, ge=0, le=60)
+    max_fee_cap_gwei: float = Field(default=200.0, gt=0)
+    replace_after_blocks: int = Field(default=3, ge=1)
+    bump_pct: float = Field(default=12.5, ge=10)
+    adl_enabled: bool = True
+    adl_keystore: Path | None = None
+    adl_password_file: Path | None = None
+    adl_key_env: str = "KEEPER_ADL_KEY"
+    #: Extra share (bps) of the computed ADL step size, absorbing funding and rounding.
+    adl_size_margin_bps: int = Field(default=100, ge=0, le=5_000)
+    #: The fund watch: alert on socialized losses (BadDebtSettled with paidByFund < debt).
+    fund_watch: bool = True
+    #: The transaction journal (default: the index database).
+    journal_url: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEPER_", env_nested_delimiter="__", extra="forbid")
 
@@ -195,6 +282,11 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     publisher: PublisherSettings = Field(default_factory=PublisherSettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    keeper: KeeperSettings = Field(default_factory=KeeperSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
+    funding: FundingSettings = Field(default_factory=FundingSettings)
 
     @classmethod
     def settings_customise_sources(

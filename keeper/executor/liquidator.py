@@ -1,0 +1,276 @@
+"""The liquidator: each block, the live book's liquidatable accounts → batches → ``liquidateBatch``.
+
+Per block (:meth:`Liquidator.step`):
+
+1. ``LiveBook.liquidatable()`` — accounts below 110% whose markets all have trusted oracles;
+2. one candidate per account: the market where it holds the largest notional (the contract closes
+   there first), with the expected close size, penalty and keeper reward from the book;
+3. accounts in one of our in-flight batches (or mined by one the index has not caught up with yet)
+   are not sent again;
+4. one JSON-RPC batch of ``isLiquidatable`` at ``pending`` drops those another keeper (or a
+   transaction in the pool) already liquidated — a *lost race*, counted in
+   ``keeper_liquidations{outcome="lost_race"}`` and never sent;
+5. :func:`keeper.executor.batching.plan_batches` packs the rest by shortfall into batches of at most
+   ``fill`` of the block gas limit, dropping those under ``min_reward`` (default 0: the protocol's keeper
+   liquidates even at a loss);
+6. :meth:`TxManager.submit` (eth_call simulation, gas estimate, journaled nonce, fee bumps) sends each;
+   a simulation revert is a lost race too. Mined batches are read back (``Liquidated`` logs): entries
+   the contract skipped are lost races.
+
+The transaction manager's own guarantees (gas spikes, replacement, kill -9 recovery from its journal)
+apply unchanged: see :mod:`keeper.executor.txmanager`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_abi import decode, encode
+from eth_utils import keccak, to_checksum_address
+
+from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
+from keeper.executor.batching import Candidate, GasModel, plan_batches
+from keeper.executor.txmanager import SimulationReverted, TxHandle, TxManager
+from keeper.observability.metrics import METRICS, KeeperMetrics
+from keeper.risk import math as rm
+from keeper.risk.live import LiveBook, calldata
+
+log = logging.getLogger("keeper.executor.liquidator")
+
+LIQUIDATE_BATCH = keccak(text="liquidateBatch(address[],uint256[])")[:4]
+LIQUIDATION_TUPLE = "(address,int256,uint256,uint256,uint256,uint256,bool,int256,uint256,int256)"
+LIQUIDATED_TOPIC = "0x" + keccak(text=f"Liquidated(address,uint256,{LIQUIDATION_TUPLE})").hex()
+
+
+def liquidate_batch_data(entries: Sequence[tuple[str, int]]) -> str:
+    accounts = [to_checksum_address(a) for a, _ in entries]
+    markets = [m for _, m in entries]
+    return "0x" + (LIQUIDATE_BATCH + encode(["address[]", "uint256[]"], [accounts, markets])).hex()
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    account: str
+    market: int
+    shortfall: int
+    close_size: int
+    full: bool
+    penalty: int
+    reward: int
+
+
+@dataclass
+class _Flight:
+    handle: TxHandle
+    entries: list[PlannedEntry]
+    sent_block: int
+
+
+@dataclass
+class LiquidatorStats:
+    sent_batches: int = 0
+    sent_entries: int = 0
+    mined_batches: int = 0
+    liquidated: int = 0
+    lost_race: int = 0
+    reverted: int = 0
+    failed: int = 0
+    liquidated_accounts: list[str] = field(default_factory=list)
+
+
+class Liquidator:
+    def __init__(
+        self,
+        live: LiveBook,
+        txm: TxManager | None,
+        rpc: RpcClient,
+        *,
+        min_reward: int = 0,
+        fill: float = 0.5,
+        max_batches: int = 2,
+        gas: GasModel | None = None,
+        metrics: KeeperMetrics | None = None,
+    ) -> None:
+        self.live = live
+        self.txm = txm
+        self.rpc = rpc
+        self.exchange = live.exchange
+        self.min_reward = min_reward
+        self.fill = fill
+        self.max_batches = max_batches
+        self.gas = gas or GasModel()
+        self.metrics = metrics if metrics is not None else METRICS
+        self.stats = LiquidatorStats()
+        self._flights: list[_Flight] = []
+        #: account -> block of our mined liquidation: not resent until the book has indexed that block
+        self._settling: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ planning
+
+    def candidates(self) -> list[PlannedEntry]:
+        book = self.live.book
+        assert book is not None
+        out = []
+        for address, shortfall in self.live.liquidatable():
+            acct = book.accounts[address]
+            market = max(
+                acct.positions, key=lambda m: (rm.notional(acct.positions[m].size, book.marks[m]), -m)
+            )
+            close, full, penalty = self.live.expected_liquidation(address, market)
+            keeper_reward, _ = rm.penalty_split(penalty)
+            out.append(PlannedEntry(address, market, shortfall, close, full, penalty, keeper_reward))
+        return out
+
+    def plan(self, entries: Sequence[PlannedEntry]) -> list[list[PlannedEntry]]:
+        by_key = {e.account: e for e in entries}
+        batches = plan_batches(
+            [Candidate(e.account, e.market, e.shortfall, e.reward) for e in entries],
+            self.live.block_gas_limit,
+            self.gas,
+            fill=self.fill,
+            min_reward=self.min_reward,
+            max_batches=self.max_batches,
+        )
+        return [[by_key[c.account] for c in batch] for batch in batches]
+
+    def busy(self) -> set[str]:
+        """Accounts in an in-flight batch of ours, or liquidated by us in a block not indexed yet."""
+        busy = {e.account for f in self._flights for e in f.entries}
+        busy |= {a for a, b in self._settling.items() if b > self.live.book_block}
+        return busy
+
+    async def _still_liquidatable(self, entries: Sequence[PlannedEntry]) -> list[bool]:
+        res = await self.rpc.batch(
+            [
+                ("eth_call", [{"to": self.exchange, "data": calldata(
+                    "isLiquidatable(address)", ["address"], [to_checksum_address(e.account)])}, "pending"])
+                for e in entries
+            ]
+        )  # fmt: skip
+        return [not isinstance(r, RpcError) and bool(decode(["bool"], bytes.fromhex(r[2:]))[0]) for r in res]
+
+    # ------------------------------------------------------------------ the block step
+
+    async def step(self, head: int) -> list[list[PlannedEntry]]:
+        """Plans and sends this block's batches; returns what was sent."""
+        await self.collect()
+        self._settling = {a: b for a, b in self._settling.items() if b > self.live.book_block}
+        busy = self.busy()
+        entries = [e for e in self.candidates() if e.account not in busy]
+        if not entries:
+            return []
+        alive = await self._still_liquidatable(entries)
+        for e, ok in zip(entries, alive, strict=True):
+            if not ok:
+                self._lost(1, f"{e.account} no longer liquidatable at pending")
+        entries = [e for e, ok in zip(entries, alive, strict=True) if ok]
+        sent = []
+        for batch in self.plan(entries):
+            if self.txm is None:
+                sent.append(batch)
+                continue
+            data = liquidate_batch_data([(e.account, e.market) for e in batch])
+            try:
+                handle = await self.txm.submit(self.exchange, data, purpose="liquidation")
+            except SimulationReverted as rev:
+                self._lost(len(batch), f"batch of {len(batch)} reverts in simulation: {rev.reason}")
+                continue
+            self._flights.append(_Flight(handle, list(batch), head))
+            self.stats.sent_batches += 1
+            self.stats.sent_entries += len(batch)
+            self.metrics.record_liquidation("sent")
+            log.info(
+                "liquidation batch sent: %d accounts (nonce %d, tx %s) at block %d",
+                len(batch), handle.nonce, handle.tx_hash, head,
+            )  # fmt: skip
+            sent.append(batch)
+        return sent
+
+    def _lost(self, n: int, why: str) -> None:
+        self.stats.lost_race += n
+        for _ in range(n):
+            self.metrics.record_liquidation("lost_race")
+        log.info("lost race: %s", why)
+
+    async def collect(self) -> None:
+        """Accounts for finished batches (receipts read back for the entries actually liquidated)."""
+        if self.txm is not None and self._flights:
+            await self.txm.tick()
+        still = []
+        for f in self._flights:
+            out = f.handle.outcome
+            if out is None:
+                still.append(f)
+                continue
+            if out.state == "mined":
+                self.stats.mined_batches += 1
+                self.metrics.record_liquidation("mined")
+                done = await self._liquidated_in(out.tx_hash)
+                for e in f.entries:
+                    if e.account.lower() in done:
+                        self.stats.liquidated += 1
+                        self.stats.liquidated_accounts.append(e.account)
+                        self._settling[e.account] = out.block_number or 0
+                    else:
+                        self._lost(1, f"{e.account} skipped by the contract in {out.tx_hash}")
+            elif out.state == "reverted":
+                self.stats.reverted += 1
+                self.metrics.record_liquidation("failed")
+                log.error("liquidation batch %s reverted on chain", out.tx_hash)
+            else:  # cancelled (came to revert before inclusion) or nonce taken: the race was lost
+                self.stats.failed += 1
+                self._lost(len(f.entries), f"batch {out.state}: {out.error}")
+        self._flights = still
+
+    async def _liquidated_in(self, tx_hash: str | None) -> set[str]:
+        if tx_hash is None:
+            return set()
+        receipt = await self.rpc.call("eth_getTransactionReceipt", [tx_hash])
+        done = set()
+        for lg in (receipt or {}).get("logs", []):
+            topics = lg.get("topics") or []
+            if topics and topics[0] == LIQUIDATED_TOPIC and lg["address"].lower() == self.exchange.lower():
+                done.add("0x" + topics[1][-40:].lower())
+        return done
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+
+async def run_loop(
+    live: LiveBook,
+    liquidator: Liquidator,
+    rpc: RpcClient,
+    *,
+    stop: asyncio.Event,
+    poll_interval: float = 0.5,
+    reconcile_every: int = 10,
+    reconcile_accounts: int = 20,
+    on_block: Any = None,
+) -> None:
+    """Follows the chain head: book from the index, marks, liquidations, receipts, reconciliation."""
+    last = last_book = -1
+    while not stop.is_set():
+        try:
+            head = int(await rpc.call("eth_blockNumber"), 16)
+            await asyncio.to_thread(live.sync_from_db)
+            if head != last or live.book_block != last_book:
+                await live.read_marks(head)
+                await liquidator.step(head)
+                if reconcile_accounts and head // reconcile_every != last // reconcile_every:
+                    await live.reconcile(reconcile_accounts)
+                last, last_book = head, live.book_block
+                if on_block is not None:
+                    on_block(head)
+            elif liquidator.in_flight:
+                await liquidator.collect()
+        except (RpcError, RpcTransportError, OSError) as exc:
+            log.warning("liquidation loop: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_interval)
