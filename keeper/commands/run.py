@@ -1,0 +1,40 @@
+"""Run the whole keeper in one process: indexer, risk engine and liquidator, publisher, public page.
+
+Each part also runs alone (keeper index, keeper liquidate, keeper serve --publish); --no-<part> leaves
+one out. SIGINT/SIGTERM stop it cleanly: the indexer's range in flight is committed or rolled back
+whole, and in-flight transactions stay tracked in the journal for the next start. The signing key comes
+from executor.keystore + executor.password_file, or on a dev chain from the environment variable named
+by executor.key_env (default KEEPER_PRIVATE_KEY).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help="TOML config file (default: config/dev.toml)"
+    )
+    for part in ("index", "liquidate", "publish", "serve"):
+        parser.add_argument(f"--no-{part}", action="store_true", help=f"do not run the {part} loop")
+
+
+def run(args: argparse.Namespace) -> int:
+    from keeper.config import load_settings
+    from keeper.observability.logging import configure_from_settings
+    from keeper.runner import Parts
+    from keeper.runner import run as run_keeper
+
+    settings = load_settings(args.config)
+    configure_from_settings(settings)
+    parts = Parts(
+        index=not args.no_index,
+        liquidate=not args.no_liquidate,
+        publish=not args.no_publish,
+        serve=not args.no_serve,
+    )
+    return run_keeper(settings, parts)

@@ -1,0 +1,165 @@
+"""``keeper run``: the whole keeper in one asyncio process.
+
+The shape at a glance (after pymaker's Lifecycle):
+
+* **on startup** — load and check the config, open the database (migrated), load the deployment,
+  recover in-flight transactions from the journal, build the live book from the index;
+* **every block** — index new logs (reorg-safe), refresh the book and the oracle verdicts, send
+  liquidation batches, collect receipts, reconcile a few accounts against the chain;
+* **every ~10 s / each head** — publish the insurance fund and market figures read at one block;
+* **always** — serve the public page and API (and metrics on an internal address);
+* **on shutdown** (SIGINT/SIGTERM) — stop taking new work, let the indexer commit or roll back the
+  range in flight, leave in-flight transactions tracked in the journal for the next start.
+
+Each part also runs alone: ``keeper index``, ``keeper liquidate``, ``keeper serve --publish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from keeper.errors import KeeperError
+
+log = logging.getLogger("keeper.runner")
+
+
+@dataclass
+class Parts:
+    """Which loops this node runs (all by default)."""
+
+    index: bool = True
+    liquidate: bool = True
+    publish: bool = True
+    serve: bool = True
+
+
+@dataclass
+class KeeperNode:
+    settings: Any
+    parts: Parts = field(default_factory=Parts)
+    tasks: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import keeper.publisher.models  # noqa: F401  (registers the publisher's tables)
+        from keeper.chain.deployments import Deployment
+        from keeper.chain.rpc import RpcClient
+        from keeper.indexer.service import load_target, make_indexer, make_rpc, open_database
+        from keeper.observability.metrics import METRICS
+
+        s = self.settings
+        dep = Deployment.load(s.chain.deployments_file)
+        if s.chain.chain_id is not None and s.chain.chain_id != dep.chain_id:
+            raise KeeperError(
+                f"the config says chain {s.chain.chain_id}, the deployments file chain {dep.chain_id}"
+            )
+        engine = open_database(s, migrate=True)
+        rpc = RpcClient(s.chain.rpc_urls, timeout=s.chain.request_timeout)
+        runners: list[Any] = []
+        try:
+            if self.parts.serve:
+                from keeper.publisher.service import start_server
+
+                try:
+                    runners = await start_server(s, engine, dep, rpc, host=s.server.host, port=s.server.port)
+                except OSError as exc:
+                    raise KeeperError(
+                        f"cannot listen on {s.server.host}:{s.server.port}: {exc.strerror}"
+                    ) from None
+            if self.parts.index:
+                irpc = make_rpc(s)
+                ix = make_indexer(s, engine, load_target(s), irpc, metrics=METRICS)
+                self._start("index", self._closing(ix.run(stop=stop), irpc.close))
+            if self.parts.publish:
+                from keeper.publisher.snapshot import Publisher
+
+                self._start("publish", Publisher.from_settings(s, engine, rpc, dep).run(stop))
+            if self.parts.liquidate:
+                self._start("liquidate", self._liquidate(engine, rpc, dep, stop))
+            log.info("keeper running: %s", ", ".join(self.tasks) or "nothing")
+            await self._supervise(stop)
+        finally:
+            stop.set()
+            for task in self.tasks.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, timeout=15)
+            for r in runners:
+                await r.cleanup()
+            await rpc.close()
+            engine.dispose()
+
+    # ------------------------------------------------------------------ parts
+
+    async def _liquidate(self, engine: Any, rpc: Any, dep: Any, stop: asyncio.Event) -> None:
+        from keeper.executor.journal import TxJournal
+        from keeper.executor.keys import load_signer
+        from keeper.executor.liquidator import Liquidator, run_loop
+        from keeper.executor.txmanager import TxManager
+        from keeper.risk.live import LiveBook
+
+        ex, rk = self.settings.executor, self.settings.risk
+        signer = load_signer(ex.keystore, ex.password_file, ex.key_env)
+        journal = TxJournal(ex.journal_url or engine)
+        txm = TxManager(
+            rpc, signer, journal, "liquidation", dep.chain_id, int(ex.max_fee_cap_gwei * 10**9),
+            ex.replace_after_blocks, ex.bump_pct,
+        )  # fmt: skip
+        await txm.recover()
+        live = LiveBook(rpc, engine, dep, max_deviation_bps=rk.max_oracle_deviation_bps)
+        await live.start()
+        liq = Liquidator(live, txm, rpc, min_reward=ex.min_reward, fill=ex.batch_fill,
+                         max_batches=ex.max_batches_per_block)  # fmt: skip
+        log.info("liquidating as %s", signer.address)
+        await run_loop(
+            live, liq, rpc, stop=stop, poll_interval=ex.poll_interval,
+            reconcile_every=rk.reconcile_every_blocks, reconcile_accounts=rk.reconcile_accounts,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    async def _closing(coro: Awaitable[Any], close: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await coro
+        finally:
+            await close()
+
+    def _start(self, name: str, coro: Awaitable[Any]) -> None:
+        self.tasks[name] = asyncio.ensure_future(coro)
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        """Waits for the stop signal; a part that fails stops the node with its error (fail fast:
+        a keeper that silently stopped liquidating is worse than one that exits and is restarted)."""
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                done, _ = await asyncio.wait(
+                    [waiter, *self.tasks.values()], return_when=asyncio.FIRST_COMPLETED
+                )
+                for name, task in self.tasks.items():
+                    if task in done and not stop.is_set():
+                        exc = task.exception()
+                        if exc is not None:
+                            raise exc
+                        raise KeeperError(f"the {name} loop stopped unexpectedly")
+        finally:
+            waiter.cancel()
+
+
+def run(settings: Any, parts: Parts | None = None) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await KeeperNode(settings, parts or Parts()).run(stop)
+
+    asyncio.run(main())
+    log.info("keeper stopped")
+    return 0
