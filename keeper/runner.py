@@ -6,12 +6,19 @@ The shape at a glance (after pymaker's Lifecycle):
   recover in-flight transactions from the journal, build the live book from the index;
 * **every block** — index new logs (reorg-safe), refresh the book and the oracle verdicts, send
   liquidation batches, collect receipts, reconcile a few accounts against the chain;
+* **on chain time** — settle funding when due (own key), run ADL when triggered (own key), watch the
+  insurance fund for shortfalls;
 * **every ~10 s / each head** — publish the insurance fund and market figures read at one block;
 * **always** — serve the public page and API (and metrics on an internal address);
 * **on shutdown** (SIGINT/SIGTERM) — stop taking new work, let the indexer commit or roll back the
   range in flight, leave in-flight transactions tracked in the journal for the next start.
 
-Each part also runs alone: ``keeper index``, ``keeper liquidate``, ``keeper serve --publish``.
+Several nodes on one PostgreSQL database elect a leader (:mod:`keeper.leader`): only the leader
+indexes, publishes and sends transactions (each broadcast is fenced by its epoch); every node serves
+the page. On SQLite a node is always the leader.
+
+Each part also runs alone: ``keeper index``, ``keeper liquidate``, ``keeper funding``,
+``keeper serve --publish``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class Parts:
 
     index: bool = True
     liquidate: bool = True
+    funding: bool = True
     publish: bool = True
     serve: bool = True
 
@@ -49,8 +57,8 @@ class KeeperNode:
         import keeper.publisher.models  # noqa: F401  (registers the publisher's tables)
         from keeper.chain.deployments import Deployment
         from keeper.chain.rpc import RpcClient
-        from keeper.indexer.service import load_target, make_indexer, make_rpc, open_database
-        from keeper.observability.metrics import METRICS
+        from keeper.indexer.service import open_database
+        from keeper.leader import LeaderElector
 
         s = self.settings
         dep = Deployment.load(s.chain.deployments_file)
@@ -71,31 +79,90 @@ class KeeperNode:
                     raise KeeperError(
                         f"cannot listen on {s.server.host}:{s.server.port}: {exc.strerror}"
                     ) from None
-            if self.parts.index:
-                irpc = make_rpc(s)
-                ix = make_indexer(s, engine, load_target(s), irpc, metrics=METRICS)
-                self._start("index", self._closing(ix.run(stop=stop), irpc.close))
-            if self.parts.publish:
-                from keeper.publisher.snapshot import Publisher
-
-                self._start("publish", Publisher.from_settings(s, engine, rpc, dep).run(stop))
-            if self.parts.liquidate:
-                self._start("liquidate", self._liquidate(engine, rpc, dep, stop))
-            log.info("keeper running: %s", ", ".join(self.tasks) or "nothing")
-            await self._supervise(stop)
+            elector = LeaderElector.from_settings(s, engine, dep.chain_id, dep.address("Exchange")).start()
+            try:
+                await self._follow_leadership(elector, engine, rpc, dep, stop)
+            finally:
+                elector.stop()
         finally:
             stop.set()
-            for task in self.tasks.values():
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, timeout=15)
+            await self._drain()
             for r in runners:
                 await r.cleanup()
             await rpc.close()
             engine.dispose()
 
+    # ------------------------------------------------------------------ leadership
+
+    async def _follow_leadership(
+        self, elector: Any, engine: Any, rpc: Any, dep: Any, stop: asyncio.Event
+    ) -> None:
+        """Stands by until leader; leads (index, publish, send) until stopped or the term ends."""
+        from keeper.leader import LostLeadership
+
+        loop = asyncio.get_running_loop()
+        term_over = asyncio.Event()
+        elector.on_change(lambda fence: fence is None and loop.call_soon_threadsafe(term_over.set))
+        while not stop.is_set():
+            fence = await elector.wait_for_leadership(timeout=1.0)
+            if fence is None:
+                continue
+            log.info("leading as %s (epoch %d)", fence.node, fence.epoch)
+            term_over.clear()
+            lead_stop = asyncio.Event()
+            relay = asyncio.ensure_future(self._first(stop, term_over, then=lead_stop))
+            try:
+                self._lead(engine, rpc, dep, lead_stop, elector.assert_leader)
+                await self._supervise(lead_stop)
+            except LostLeadership as exc:
+                log.warning("%s", exc)
+            finally:
+                lead_stop.set()
+                relay.cancel()
+                await self._drain()
+            if not stop.is_set():
+                log.warning("no longer the leader: standing by (the page keeps serving)")
+
+    @staticmethod
+    async def _first(*events: asyncio.Event, then: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            then.set()
+
+    def _lead(self, engine: Any, rpc: Any, dep: Any, stop: asyncio.Event, guard: Any) -> None:
+        from keeper.indexer.service import load_target, make_indexer, make_rpc
+        from keeper.observability.metrics import METRICS
+
+        s = self.settings
+        if self.parts.index:
+            irpc = make_rpc(s)
+            ix = make_indexer(s, engine, load_target(s), irpc, metrics=METRICS)
+            self._start("index", self._closing(ix.run(stop=stop), irpc.close))
+        if self.parts.publish:
+            from keeper.publisher.snapshot import Publisher
+
+            self._start("publish", Publisher.from_settings(s, engine, rpc, dep).run(stop))
+        if self.parts.liquidate:
+            self._start("liquidate", self._liquidate(engine, rpc, dep, stop, guard))
+        if self.parts.funding:
+            from keeper.executor.maintenance import run_maintenance
+
+            self._start("funding", run_maintenance(s, dep, engine, rpc, stop, send_guard=guard))
+        log.info("leader parts running: %s", ", ".join(self.tasks) or "nothing")
+
+    async def _drain(self) -> None:
+        for task in self.tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=15)
+        self.tasks.clear()
+
     # ------------------------------------------------------------------ parts
 
-    async def _liquidate(self, engine: Any, rpc: Any, dep: Any, stop: asyncio.Event) -> None:
+    async def _liquidate(self, engine: Any, rpc: Any, dep: Any, stop: asyncio.Event, guard: Any) -> None:
         from keeper.executor.journal import TxJournal
         from keeper.executor.keys import load_signer
         from keeper.executor.liquidator import Liquidator, run_loop
@@ -107,7 +174,7 @@ class KeeperNode:
         journal = TxJournal(ex.journal_url or engine)
         txm = TxManager(
             rpc, signer, journal, "liquidation", dep.chain_id, int(ex.max_fee_cap_gwei * 10**9),
-            ex.replace_after_blocks, ex.bump_pct,
+            ex.replace_after_blocks, ex.bump_pct, send_guard=guard,
         )  # fmt: skip
         await txm.recover()
         live = LiveBook(rpc, engine, dep, max_deviation_bps=rk.max_oracle_deviation_bps)

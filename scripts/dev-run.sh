@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local dev loop (`make run`): anvil on 127.0.0.1:8545 (chain 31337, automine), deploy the contracts,
-# migrate a fresh SQLite database, then run the indexer, the public page (with the insurance-fund
-# publisher) and the "calm" market simulator until Ctrl-C. Ctrl-C / SIGTERM stop every child cleanly.
+# migrate a fresh SQLite database, then run the keeper (`keeper run`: indexer, liquidator, funding and
+# ADL, publisher, public page) and the "calm" market simulator until Ctrl-C. Ctrl-C / SIGTERM stop every child cleanly.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -30,12 +30,11 @@ mkdir -p "$VAR"
 
 anvil_pid=""
 sim_pid=""
-index_pid=""
-serve_pid=""
+keeper_pid=""
 cleanup() {
   trap - INT TERM EXIT
   # The simulator first (it restores anvil's mining settings), then the keeper, then the chain.
-  for group in "$sim_pid" "$index_pid $serve_pid" "$anvil_pid"; do
+  for group in "$sim_pid" "$keeper_pid" "$anvil_pid"; do
     for pid in $group; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in $group; do wait "$pid" 2>/dev/null || true; done
   done
@@ -70,12 +69,15 @@ rm -f "$DB" "$DB-wal" "$DB-shm"
 export KEEPER_DATABASE__URL="sqlite:///$DB"
 "$KEEPER" db upgrade
 
-echo "dev-run: $KEEPER index (log $VAR/index.log)"
-"$KEEPER" index --no-progress >"$VAR/index.log" 2>&1 &
-index_pid=$!
-echo "dev-run: $KEEPER serve --publish (log $VAR/serve.log)"
-"$KEEPER" serve --publish >"$VAR/serve.log" 2>&1 &
-serve_pid=$!
+# The keeper's three signing keys, one per nonce lane (liquidations, funding, ADL): anvil's PUBLIC dev
+# accounts 3, 4 and 5 — well-known, worthless keys, for this local chain only.
+export KEEPER_PRIVATE_KEY=0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6
+export KEEPER_FUNDING_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a
+export KEEPER_ADL_KEY=0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba
+
+echo "dev-run: $KEEPER run (indexer, liquidator, funding/ADL, publisher, page; log $VAR/keeper.log)"
+"$KEEPER" run >"$VAR/keeper.log" 2>&1 &
+keeper_pid=$!
 
 echo "dev-run: $KEEPER simulate --scenario calm --forever (Ctrl-C to stop)"
 # setsid: the simulator gets our TERM (not the terminal's INT) so it can restore anvil before it stops.
@@ -84,8 +86,8 @@ sim_pid=$!
 cat <<INFO
 dev-run: running
   chain      $RPC (anvil pid $anvil_pid, chain id $CHAIN_ID)
-  indexer    pid $index_pid -> $DB
-  page       http://127.0.0.1:8080/  (API /api/openapi.json, health /healthz, pid $serve_pid)
+  keeper     pid $keeper_pid: indexer -> $DB, liquidator, funding, publisher (log $VAR/keeper.log)
+  page       http://127.0.0.1:8080/  (API /api/openapi.json, health /healthz)
   metrics    http://127.0.0.1:9108/metrics
   simulator  pid $sim_pid (calm, 200 traders); other scenarios: .venv/bin/keeper simulate --scenario crash
   status     .venv/bin/keeper status

@@ -126,85 +126,28 @@ async def _main(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _manager(settings: Any, rpc: Any, engine: Any, chain_id: int, lane: str) -> Any:
-    from keeper.executor.journal import TxJournal
-    from keeper.executor.keys import load_signer
-    from keeper.executor.txmanager import TxManager
+    from keeper.executor.maintenance import manager
 
-    fs = settings.funding
-    if lane == "funding":
-        signer = load_signer(fs.keystore, fs.password_file, fs.key_env)
-    else:
-        signer = load_signer(fs.adl_keystore, fs.adl_password_file, fs.adl_key_env)
-    journal = TxJournal(fs.journal_url or engine)
-    return TxManager(
-        rpc,
-        signer,
-        journal,
-        lane,
-        chain_id,
-        int(fs.max_fee_cap_gwei * 10**9),
-        fs.replace_after_blocks,
-        fs.bump_pct,
-    )
+    return manager(settings, rpc, engine, chain_id, lane)
 
 
 async def _loop(
     settings: Any, dep: Any, engine: Any, rpc: Any, views: Any, settler: Any, markets: list[int], show: Any
 ) -> int:
-    from keeper.alerts.dispatcher import AlertDispatcher
-    from keeper.errors import KeeperError
-    from keeper.executor.adl import AdlExecutor
-    from keeper.executor.fundwatch import FundWatch
-    from keeper.observability.metrics import METRICS
-    from keeper.schedule import ChainClock, ChainTick, KeeperSchedule
-
-    fs = settings.funding
-    settler.metrics = METRICS
-    sched = KeeperSchedule(ChainClock(rpc))
-    dispatcher = AlertDispatcher.from_settings(settings.alerts)
-
-    async def funding_job(tick: ChainTick) -> None:
-        for r in await settler.run_once():
-            if r.action in ("sent", "settled_by_other", "error"):
-                log.info("funding market %d: %s %s", r.market_id, r.action, r.detail)
-
-    async def figures_job(tick: ChainTick) -> None:
-        rows, now = await show({})
-        log.info("funding figures at t=%d:\n%s", now, _table(rows, now))
-
-    sched.add("funding", funding_job, poll=fs.poll_interval)
-    sched.add("funding_figures", figures_job, every=300, poll=max(fs.poll_interval, 5.0))
-    if fs.adl_enabled and not settler.dry_run:
-        try:
-            adl_txm = _manager(settings, rpc, engine, dep.chain_id, "adl")
-        except KeeperError as exc:
-            log.warning("ADL disabled: %s", exc)
-        else:
-            adl = AdlExecutor(views, adl_txm, engine, dep.chain_id, markets, fs.adl_size_margin_bps)
-
-            async def adl_job(tick: ChainTick) -> None:
-                await adl.run_once()
-
-            sched.add("adl", adl_job, poll=fs.poll_interval)
-    if fs.fund_watch:
-        watch = FundWatch(engine, dep.chain_id, dispatcher)
-
-        async def watch_job(tick: ChainTick) -> None:
-            await watch.run_once()
-
-        sched.add("fund_watch", watch_job, poll=fs.poll_interval)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     import signal
 
+    from keeper.executor.maintenance import run_maintenance
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    sched.start()
-    try:
-        await stop.wait()
-    finally:
-        await sched.shutdown()
-        await dispatcher.close()
+
+    async def show_and_log(action: dict[int, str]) -> None:
+        rows, now = await show(action)
+        log.info("funding figures at t=%d:\n%s", now, _table(rows, now))
+
+    await run_maintenance(settings, dep, engine, rpc, stop, settler=settler, show=show_and_log)
     return 0
 
 

@@ -62,7 +62,7 @@ async def _main(settings: Any, args: argparse.Namespace) -> int:
                         {
                             "account": e.account,
                             "market": live.symbols[e.market],
-                            "close_size": e.close_size,
+                            "close_size": str(e.close_size),  # 1e18 units: > 64 bits
                             "full": e.full,
                             "penalty": e.penalty,
                             "keeper_reward": e.reward,

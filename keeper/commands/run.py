@@ -1,10 +1,12 @@
-"""Run the whole keeper in one process: indexer, risk engine and liquidator, publisher, public page.
+"""Run the whole keeper in one process: indexer, liquidator, funding/ADL, publisher, public page.
 
 Each part also runs alone (keeper index, keeper liquidate, keeper serve --publish); --no-<part> leaves
 one out. SIGINT/SIGTERM stop it cleanly: the indexer's range in flight is committed or rolled back
 whole, and in-flight transactions stay tracked in the journal for the next start. The signing key comes
 from executor.keystore + executor.password_file, or on a dev chain from the environment variable named
-by executor.key_env (default KEEPER_PRIVATE_KEY).
+by executor.key_env (default KEEPER_PRIVATE_KEY); funding and ADL sign with their own keys
+(funding.key_env KEEPER_FUNDING_KEY, funding.adl_key_env KEEPER_ADL_KEY) so that a stuck funding
+transaction never holds up a liquidation. Several nodes on one PostgreSQL database elect a leader.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, metavar="PATH", help="TOML config file (default: config/dev.toml)"
     )
-    for part in ("index", "liquidate", "publish", "serve"):
+    for part in ("index", "liquidate", "funding", "publish", "serve"):
         parser.add_argument(f"--no-{part}", action="store_true", help=f"do not run the {part} loop")
 
 

@@ -327,9 +327,10 @@ class Simulator:
     def _exit(self) -> None:
         if not self._saved:
             return
+        # Auto-impersonation stays on: anvil has no getter for it, and turning it off would break another
+        # simulator running on the same dev chain (make run's calm market while a crash is simulated).
         for method, arg in (
             ("evm_setBlockGasLimit", hex(self._saved["gas_limit"])),
-            ("anvil_autoImpersonateAccount", False),
             ("evm_setAutomine", self._saved["automine"]),
         ):
             with contextlib.suppress(RpcError, KeeperError):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,12 +167,16 @@ class TxManager:
         base_fee_multiplier: int = 2,
         simulate_block: str = "pending",
         foreign_nonce_ticks: int = 2,
+        send_guard: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         if max_fee_cap_wei <= 0:
             raise KeeperError("max_fee_cap_wei must be positive")
         if bump_pct < 10:
             raise KeeperError("bump_pct below 10 % is refused by geth-like nodes as underpriced")
         self.rpc = rpc
+        #: Awaited before every broadcast; raises to refuse it (the leader's fence: a node that lost
+        #: leadership must not send, even a transaction it had already signed).
+        self.send_guard = send_guard
         self.signer = signer
         self.sender = to_checksum_address(signer.address)
         self.journal = journal
@@ -366,6 +370,8 @@ class TxManager:
     async def _broadcast(self, jt: JournaledTx, attempt: KeeperTxAttempt, head: int) -> str:
         """Sends ``attempt``'s bytes; answers ok | mined | rejected | unknown (no answer)."""
         assert attempt.id is not None
+        if self.send_guard is not None:
+            await self.send_guard()
         try:
             await self.rpc.call("eth_sendRawTransaction", [attempt.raw_tx])
         except RpcTransportError as exc:

@@ -3,22 +3,46 @@ only the accounts a price move crosses.
 
 For an account holding one market, each warning line (and each hysteresis line) is a price in that
 market; these prices sit in one sorted array per market, so a move from p0 to p1 touches exactly the
-accounts with a line in [p0, p1] — its cost follows the crossed accounts, not the book. Accounts
-holding several markets are re-evaluated on any move of one of them (their lines in one market shift
-with the others). Pure: no I/O; fed from the index, checked against the chain by the reconciler.
+accounts with a line in [p0, p1] — its cost follows the crossed accounts, not the book. A line depends
+on the position and collateral, not on the mark, so a price move only re-tiers the crossed accounts
+(their lines stay put). Accounts holding several markets are re-evaluated on any move of one of them
+(their lines in one market shift with the others). Pure: no I/O; fed from the index, checked against
+the chain by the reconciler.
+
+Next to the per-account objects the book keeps one column per field of the single-market accounts
+(market, size, entry, collateral − funding owed, tier, version), so that a full recompute of a large
+book is one vectorized pass (:mod:`keeper.risk.bulk`, exact: float64 for the clear cases, the integer
+math of :mod:`keeper.risk.math` for every account near a line).
 """
 
 from __future__ import annotations
 
-from array import array
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from keeper.risk import math as rm
 
 #: A tier improves only once the ratio is this far above its line, so a ratio hovering at a line does
 #: not flip-flop (and does not spam warnings).
 HYSTERESIS_BPS = 500
+#: Every threshold a single-market account's tier can change at: each line, and each line + hysteresis.
+THRESHOLDS_BPS: tuple[int, ...] = tuple(
+    t for _, line in rm.WARNING_LINES_BPS for t in (line, line + HYSTERESIS_BPS)
+)
+#: Relative widening of a price move's interval when looking up crossed lines (float line prices).
+LINE_MARGIN = 1e-6
+#: A position whose exact line can sit further than this (relative) from its float price is re-evaluated
+#: on every move of its market instead (only dust positions: a 0.001 ETH position is at ~1e-11).
+FRAGILE_REL = 1e-7
+#: Column market codes besides a market id.
+FLAT, MULTI = -1, -2
+_MM_SCALE = rm.USD_SCALE * rm.BPS
+_LINES_DESC = tuple(line for _, line in reversed(rm.WARNING_LINES_BPS))
+_LINE_OF = {int(t): line for t, line in rm.WARNING_LINES_BPS}
+#: Below this many accounts, Book.rebuild() uses the per-account exact path (no vectorization gain).
+BULK_MIN_ACCOUNTS = 2_000
 
 
 def tier_with_hysteresis(previous: rm.WarningTier, account_value: int, mm: int) -> rm.WarningTier:
@@ -36,44 +60,88 @@ def tier_with_hysteresis(previous: rm.WarningTier, account_value: int, mm: int) 
     return max(tier, raw)
 
 
+def rounding_band(size: float, mmr_bps: float) -> float:
+    """Upper bound, in price units, of |exact flip price − continuous line| of a single-market account:
+    the integer rounding of AV (PnL floor, funding ceil) and MM (ceil) moves ``AV·BPS − R·MM`` by at most
+    3·BPS + 2·R, and its slope in the price is at least |size|·(BPS − R·mmr/BPS)/1e30."""
+    top = max(THRESHOLDS_BPS)
+    slope = abs(float(size)) * (rm.BPS - top * float(mmr_bps) / rm.BPS) / 1e30
+    return (3 * rm.BPS + 2 * top) / slope if slope > 0 else float("inf")
+
+
+def is_fragile(band: float, root: float) -> bool:
+    """True when a line's flips (within ``band`` of the continuous root ``root``, which may be negative:
+    no line) reach positive prices and the band is wider than the lookup's margin can absorb."""
+    return root + band > 0 and band > FRAGILE_REL * max(root, 0.0)
+
+
+def fragile_reach(band: float, root: float) -> float:
+    """The highest price at which a fragile line can flip (its band, or where the margin stops covering
+    it: above band / FRAGILE_REL the band is within the margin)."""
+    return max(root + band, band / FRAGILE_REL)
+
+
+def continuous_root(size: int, entry: int, rest_value: int, mmr_bps: int, threshold: int) -> float:
+    """The signed price where AV·BPS = R·MM without rounding (``rm.liquidation_price`` before its
+    validity checks)."""
+    num = -rest_value * rm.BPS * 10**26 + size * entry
+    den = size * rm.BPS * rm.BPS - threshold * mmr_bps * abs(size)
+    return num * rm.BPS * rm.BPS / den if den else float("-inf")
+
+
 @dataclass
 class Account:
     collateral: int = 0
     positions: dict[int, rm.PositionState] = field(default_factory=dict)
     tier: rm.WarningTier = rm.WarningTier.HEALTHY
-    version: int = 0
 
 
-@dataclass
 class _LineIndex:
-    """Sorted line prices of one market, with a small unsorted buffer of recent entries."""
+    """Sorted line prices of one market (numpy), with a small unsorted buffer of recent entries."""
 
-    prices: array = field(default_factory=lambda: array("d"))
-    owners: list[str] = field(default_factory=list)
-    versions: array = field(default_factory=lambda: array("q"))
-    pending: list[tuple[float, str, int]] = field(default_factory=list)
+    PENDING_MAX = 4_096
 
-    def rebuild(self, entries: list[tuple[float, str, int]]) -> None:
-        entries.sort(key=lambda e: e[0])
-        self.prices = array("d", (e[0] for e in entries))
-        self.owners = [e[1] for e in entries]
-        self.versions = array("q", (e[2] for e in entries))
+    def __init__(self) -> None:
+        self.prices: npt.NDArray[np.float64] = np.empty(0, np.float64)
+        self.owners: npt.NDArray[np.int64] = np.empty(0, np.int64)
+        self.versions: npt.NDArray[np.int64] = np.empty(0, np.int64)
+        self.pending: list[tuple[float, int, int]] = []
+
+    def set_sorted(
+        self, prices: npt.NDArray[np.float64], owners: npt.NDArray[np.int64], versions: npt.NDArray[np.int64]
+    ) -> None:
+        order = np.argsort(prices, kind="stable")
+        self.prices, self.owners, self.versions = prices[order], owners[order], versions[order]
         self.pending = []
 
-    def between(self, lo: float, hi: float) -> list[tuple[str, int]]:
-        i, j = bisect_left(self.prices, lo), bisect_right(self.prices, hi)
-        hits = [(self.owners[k], self.versions[k]) for k in range(i, j)]
-        hits.extend((o, v) for p, o, v in self.pending if lo <= p <= hi)
-        return hits
+    def add(self, price: float, owner: int, version: int) -> None:
+        self.pending.append((price, owner, version))
 
-    def live_entries(self, current: dict[str, int]) -> list[tuple[float, str, int]]:
-        out = [
-            (self.prices[k], self.owners[k], self.versions[k])
-            for k in range(len(self.prices))
-            if current.get(self.owners[k]) == self.versions[k]
-        ]
-        out.extend(e for e in self.pending if current.get(e[1]) == e[2])
-        return out
+    def between(self, lo: float, hi: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(owners, versions) of the entries with a price in [lo, hi] (stale versions included)."""
+        i = int(np.searchsorted(self.prices, lo, side="left"))
+        j = int(np.searchsorted(self.prices, hi, side="right"))
+        owners, versions = self.owners[i:j], self.versions[i:j]
+        if self.pending:
+            hits = [(o, v) for p, o, v in self.pending if lo <= p <= hi]
+            if hits:
+                owners = np.concatenate([owners, np.array([h[0] for h in hits], np.int64)])
+                versions = np.concatenate([versions, np.array([h[1] for h in hits], np.int64)])
+        return owners, versions
+
+    def compact(self, current: npt.NDArray[np.int64]) -> None:
+        """Merges the pending entries and drops stale ones (``current[slot]`` is the live version)."""
+        if self.pending:
+            p = np.array([e[0] for e in self.pending], np.float64)
+            o = np.array([e[1] for e in self.pending], np.int64)
+            v = np.array([e[2] for e in self.pending], np.int64)
+            prices = np.concatenate([self.prices, p])
+            owners = np.concatenate([self.owners, o])
+            versions = np.concatenate([self.versions, v])
+        else:
+            prices, owners, versions = self.prices, self.owners, self.versions
+        live = current[owners] == versions
+        self.set_sorted(prices[live], owners[live], versions[live])
 
 
 class Book:
@@ -86,8 +154,69 @@ class Book:
         self.marks: dict[int, int] = {}
         self.funding_index: dict[int, int] = {m: 0 for m in mmr_bps}
         self._lines: dict[int, _LineIndex] = {m: _LineIndex() for m in mmr_bps}
+        #: lines whose rounding band is too wide for the lookup margin (a dust position, or a line near
+        #: price 0), keyed by the highest price the band reaches: re-evaluated on any move below that
+        self._fragile: dict[int, _LineIndex] = {m: _LineIndex() for m in mmr_bps}
+        #: accounts re-evaluated on every move of the market: multi-market holders
         self._multi: dict[int, set[str]] = {m: set() for m in mmr_bps}
-        self._versions: dict[str, int] = {}
+        self._reset_columns(1024)
+
+    # ------------------------------------------------------------------ columns
+
+    def _reset_columns(self, capacity: int) -> None:
+        self._slot: dict[str, int] = {}
+        self._addr: list[str] = []
+        self.col_market = np.full(capacity, FLAT, np.int64)
+        self.col_size = np.zeros(capacity, np.float64)
+        self.col_entry = np.zeros(capacity, np.float64)
+        self.col_rest = np.zeros(capacity, np.float64)  # collateral − funding owed
+        self.col_tier = np.zeros(capacity, np.int8)
+        self.col_version = np.zeros(capacity, np.int64)
+
+    def _slot_of(self, address: str) -> int:
+        s = self._slot.get(address)
+        if s is not None:
+            return s
+        s = len(self._addr)
+        if s == len(self.col_market):
+            n = 2 * s
+            self.col_market = np.concatenate([self.col_market, np.full(s, FLAT, np.int64)])
+            self.col_size = np.resize(self.col_size, n)
+            self.col_entry = np.resize(self.col_entry, n)
+            self.col_rest = np.resize(self.col_rest, n)
+            self.col_tier = np.concatenate([self.col_tier, np.zeros(s, np.int8)])
+            self.col_version = np.concatenate([self.col_version, np.zeros(s, np.int64)])
+        self._slot[address] = s
+        self._addr.append(address)
+        return s
+
+    def _write_columns(self, address: str, acct: Account) -> int:
+        s = self._slot_of(address)
+        if len(acct.positions) == 1:
+            ((m, pos),) = acct.positions.items()
+            self.col_market[s] = m
+            self.col_size[s] = float(pos.size)
+            self.col_entry[s] = float(pos.entry_price)
+            self.col_rest[s] = float(
+                acct.collateral
+                - rm.funding_owed(pos.size, pos.entry_funding_index, self.funding_index.get(m, 0))
+            )
+        else:
+            self.col_market[s] = MULTI if acct.positions else FLAT
+        self.col_tier[s] = int(acct.tier)
+        return s
+
+    @property
+    def _versions(self) -> dict[str, int]:  # compatibility view (tests, debugging)
+        return {a: int(self.col_version[s]) for a, s in self._slot.items()}
+
+    def clear(self) -> None:
+        self.accounts.clear()
+        for m in self._multi:
+            self._multi[m].clear()
+        self._lines = {m: _LineIndex() for m in self.mmr_bps}
+        self._fragile = {m: _LineIndex() for m in self.mmr_bps}
+        self._reset_columns(1024)
 
     # ------------------------------------------------------------------ reads
 
@@ -97,6 +226,22 @@ class Book:
 
     def tier(self, address: str) -> rm.WarningTier:
         return self.accounts[address].tier
+
+    def liquidation_prices(self, address: str, threshold_bps: int | None = None) -> dict[int, int]:
+        """Per market held: the price at which the account reaches ``threshold_bps`` (default the
+        liquidation line), other markets at their marks — as ``Exchange.liquidationPrice``; 0 if none."""
+        acct = self.accounts[address]
+        r = self.risk(address)
+        line = threshold_bps or self.liquidation_bps
+        out = {}
+        for m, pos in acct.positions.items():
+            mark = self.marks[m]
+            rest_value = r.value - rm.pnl(pos.size, pos.entry_price, mark)
+            rest_mm = r.maintenance_margin - rm.maintenance_margin(pos.size, mark, self.mmr_bps[m])
+            out[m] = rm.liquidation_price(
+                pos.size, pos.entry_price, rest_value, rest_mm, self.mmr_bps[m], line
+            )
+        return out
 
     def liquidatable(self) -> list[tuple[str, int]]:
         """(account, shortfall) of every liquidatable account, largest shortfall first.
@@ -151,56 +296,136 @@ class Book:
         self.marks[market] = price
         if old is None:
             return self.rebuild()
-        lo, hi = (old, price) if old <= price else (price, old)
-        candidates = {
-            o
-            for o, v in self._lines[market].between(float(lo) * 0.999999, float(hi) * 1.000001)
-            if self._versions.get(o) == v
-        }
-        candidates |= self._multi[market]
-        return {a for a in candidates if self._reindex(a)}
+        changed = {a for a in self.crossed(market, old, price) if self._retier(a)}
+        changed |= {a for a in list(self._multi[market]) if self._reindex(a)}
+        return changed
 
-    def rebuild(self) -> set[str]:
-        """Full exact recompute of every account's tier and lines."""
+    def crossed(self, market: int, old: int, new: int) -> list[str]:
+        """Single-market accounts with a (current) line between two prices of ``market``."""
+        lo, hi = (old, new) if old <= new else (new, old)
+        owners, versions = self._lines[market].between(
+            float(lo) * (1 - LINE_MARGIN), float(hi) * (1 + LINE_MARGIN)
+        )
+        fo, fv = self._fragile[market].between(float(lo) * (1 - LINE_MARGIN), float("inf"))
+        if len(fo):
+            owners, versions = np.concatenate([owners, fo]), np.concatenate([versions, fv])
+        if not len(owners):
+            return []
+        live = np.unique(owners[self.col_version[owners] == versions])
+        addr = self._addr
+        return [addr[s] for s in live.tolist()]
+
+    def rebuild(self, fast: bool | None = None) -> set[str]:
+        """Full exact recompute of every account's tier and lines; returns the accounts whose tier
+        changed. ``fast`` (default: from BULK_MIN_ACCOUNTS accounts on) uses the vectorized exact pass
+        of :func:`keeper.risk.bulk.rebuild`; both give the same result."""
+        if fast is None:
+            fast = len(self.accounts) >= BULK_MIN_ACCOUNTS
+        if fast:
+            from keeper.risk.bulk import rebuild as bulk_rebuild
+
+            return bulk_rebuild(self)
         changed = set()
-        entries: dict[int, list[tuple[float, str, int]]] = {m: [] for m in self._lines}
+        entries: dict[int, list[tuple[float, int, int]]] = {m: [] for m in self._lines}
+        fragile: dict[int, list[tuple[float, int, int]]] = {m: [] for m in self._lines}
         for m in self._multi:
             self._multi[m].clear()
         for address in self.accounts:
-            if self._reindex(address, entries):
+            if self._reindex(address, entries, fragile):
                 changed.add(address)
+        for m, e in fragile.items():
+            self._fragile[m].set_sorted(
+                np.array([x[0] for x in e], np.float64),
+                np.array([x[1] for x in e], np.int64),
+                np.array([x[2] for x in e], np.int64),
+            )
         for m, idx in self._lines.items():
-            idx.rebuild(entries[m])
+            e = entries[m]
+            idx.set_sorted(
+                np.array([x[0] for x in e], np.float64),
+                np.array([x[1] for x in e], np.int64),
+                np.array([x[2] for x in e], np.int64),
+            )
         return changed
 
     # ------------------------------------------------------------------ internals
 
-    def _reindex(self, address: str, bulk: dict[int, list[tuple[float, str, int]]] | None = None) -> bool:
+    def _retier(self, address: str) -> bool:
+        """Tier only (a price move: the lines of a single-market account do not move). Inlines
+        ``rm.account_risk`` + ``tier_with_hysteresis`` for one position (same integers, same result)."""
+        acct = self.accounts[address]
+        if len(acct.positions) != 1:
+            return self._reindex(address)
+        ((m, pos),) = acct.positions.items()
+        mark, size = self.marks[m], pos.size
+        value = (
+            acct.collateral
+            + size * (mark - pos.entry_price) // rm.USD_SCALE
+            + (size * (pos.entry_funding_index - self.funding_index[m])) // rm.USD_SCALE
+        )  # pnl floors; -ceil(x) == floor(-x) for the funding owed
+        mm = -((-abs(size) * mark * self.mmr_bps[m]) // _MM_SCALE)
+        previous = int(acct.tier)
+        x = value * rm.BPS
+        raw = 0
+        for line in _LINES_DESC:  # 20000, 15000, 12000, 11000: raw = number of lines below
+            if value <= 0 or x < line * mm:
+                raw += 1
+            else:
+                break
+        if raw >= previous:
+            new = raw
+        else:  # improve one line at a time while clear of line + hysteresis
+            new = previous
+            while new > raw and not (value <= 0 or x < (_LINE_OF[new] + HYSTERESIS_BPS) * mm):
+                new -= 1
+        if new == previous:
+            return False
+        acct.tier = rm.WarningTier(new)
+        self.col_tier[self._slot[address]] = new
+        return True
+
+    def _reindex(
+        self,
+        address: str,
+        bulk: dict[int, list[tuple[float, int, int]]] | None = None,
+        bulk_fragile: dict[int, list[tuple[float, int, int]]] | None = None,
+    ) -> bool:
         acct = self.accounts[address]
         for m in self._multi:
             self._multi[m].discard(address)
+        s = self._write_columns(address, acct)
         if any(m not in self.marks for m in acct.positions):
             return False
         r = self.risk(address)
         previous = acct.tier
         acct.tier = tier_with_hysteresis(previous, r.value, r.maintenance_margin)
-        version = self._versions.get(address, 0) + 1
-        self._versions[address] = version
+        self.col_tier[s] = int(acct.tier)
+        self.col_version[s] += 1
+        version = int(self.col_version[s])
         if len(acct.positions) > 1:
             for m in acct.positions:
                 self._multi[m].add(address)
         elif len(acct.positions) == 1:
             ((m, pos),) = acct.positions.items()
             rest_value = r.value - rm.pnl(pos.size, pos.entry_price, self.marks[m])
-            target = bulk[m] if bulk is not None else self._lines[m].pending
-            for _, line in rm.WARNING_LINES_BPS:
-                for threshold in (line, line + HYSTERESIS_BPS):
-                    p = rm.liquidation_price(
-                        pos.size, pos.entry_price, rest_value, 0, self.mmr_bps[m], threshold
-                    )
-                    if p:
-                        target.append((float(p), address, version))
             idx = self._lines[m]
-            if bulk is None and len(idx.pending) > 4096 and len(idx.pending) * 8 > len(idx.prices):
-                idx.rebuild(idx.live_entries(self._versions))
+            band = rounding_band(pos.size, self.mmr_bps[m])
+            for threshold in THRESHOLDS_BPS:
+                p = rm.liquidation_price(pos.size, pos.entry_price, rest_value, 0, self.mmr_bps[m], threshold)
+                root = continuous_root(pos.size, pos.entry_price, rest_value, self.mmr_bps[m], threshold)
+                if is_fragile(band, root):
+                    u = fragile_reach(band, root)
+                    if bulk_fragile is not None:
+                        bulk_fragile[m].append((u, s, version))
+                    else:
+                        self._fragile[m].add(u, s, version)
+                if p:
+                    if bulk is not None:
+                        bulk[m].append((float(p), s, version))
+                    else:
+                        idx.add(float(p), s, version)
+            if bulk is None and len(idx.pending) > _LineIndex.PENDING_MAX:
+                idx.compact(self.col_version)
+            if bulk is None and len(self._fragile[m].pending) > _LineIndex.PENDING_MAX:
+                self._fragile[m].compact(self.col_version)
         return acct.tier != previous

@@ -217,7 +217,7 @@ class LiveBook:
             by_acct.setdefault(a, {})[int(m)] = rm.PositionState(int(size), int(entry), int(fidx))
         for m, idx in funding.items():
             self.book.funding_index[m] = idx
-        self.book.accounts.clear()
+        self.book.clear()
         for a, coll, tier in accts:
             self.user_tier[a] = int(tier)
             if a in by_acct or int(coll) != 0:
@@ -464,25 +464,43 @@ class LiveBook:
 
     async def reconcile(self, n: int) -> list[str]:
         """Compares ``n`` accounts (the at-risk ones first, then round-robin) with the chain at the block
-        the book describes; returns the mismatched accounts (reloaded from the chain)."""
+        the book's positions describe (the index checkpoint); returns the mismatched accounts (reloaded
+        from the chain).
+
+        The marks are read at that same block in the same batch, so the comparison holds whether or not
+        the index lags the block the book's marks were read at (it usually lags by a block or more while
+        the chain moves fast: comparing only when both blocks were equal compared nothing then)."""
         assert self.book is not None
-        if n <= 0 or self.book_block != self.mark_block or self.book_block < 0:
-            return []  # the book's positions and marks describe different blocks: not comparable
-        pool = [a for a, acct in self.book.accounts.items() if acct.positions and self.tradable(a)]
+        if n <= 0 or self.book_block < 0:
+            return []
+        book = self.book
+        pool = [a for a, acct in book.accounts.items() if acct.positions and self.tradable(a)]
         if not pool:
             return []
-        risky = sorted(pool, key=lambda a: -int(self.book.tier(a)) if self.book else 0)[: n // 2]
+        risky = sorted(pool, key=lambda a: -int(book.tier(a)))[: n // 2]
         start = next(self._rr) * (n - len(risky))
         rest = [pool[(start + i) % len(pool)] for i in range(n - len(risky))]
         chosen = list(dict.fromkeys(risky + rest))
         tag = hex(self.book_block)
-        res = await self.rpc.batch([self._call(self.exchange, _summary_call(a), tag) for a in chosen])
+        calls = [
+            self._call(self.oracle, calldata("tryMarkPrice(uint256)", ["uint256"], [m]), tag)
+            for m in self.markets
+        ]
+        calls += [self._call(self.exchange, _summary_call(a), tag) for a in chosen]
+        res = await self.rpc.batch(calls)
+        marks: dict[int, int] = {}
+        for m, r in zip(self.markets, res[: len(self.markets)], strict=True):
+            if not isinstance(r, RpcError):
+                ok, mark = _dec(["bool", "uint256"], r)
+                if ok:
+                    marks[m] = int(mark)
         bad = []
-        for a, r in zip(chosen, res, strict=True):
-            if isinstance(r, RpcError):
-                continue
+        for a, r in zip(chosen, res[len(self.markets) :], strict=True):
+            acct = book.accounts[a]
+            if isinstance(r, RpcError) or any(m not in marks for m in acct.positions):
+                continue  # no valid mark at that block: accountSummary reverts too
             summary = _dec(SUMMARY_TYPES, r)
-            mine = self.book.risk(a)
+            mine = rm.account_risk(acct.collateral, acct.positions, marks, book.funding_index, book.mmr_bps)
             self.stats.reconciled += 1
             if (summary[1], summary[2]) != (mine.value, mine.maintenance_margin):
                 bad.append(a)
@@ -492,6 +510,7 @@ class LiveBook:
                     "reconcile: %s at block %d: book AV %d MM %d, chain AV %d MM %d (chain wins: reloaded)",
                     a, self.book_block, mine.value, mine.maintenance_margin, summary[1], summary[2],
                 )  # fmt: skip
+        log.debug("reconciled %d accounts at block %d: %d mismatches", len(chosen), self.book_block, len(bad))
         for a in bad:
             await self.reload_from_chain(a, self.book_block)
         return bad

@@ -100,8 +100,15 @@ def _sqlite_engine(u: Any, *, echo: bool, busy_timeout_ms: int) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.close()
 
+    # BEGIN IMMEDIATE: a transaction takes the write lock when it starts, so two writers in one process
+    # (indexer, publisher, transaction journal) queue on busy_timeout instead of one failing at once
+    # with "database is locked" (SQLITE_BUSY_SNAPSHOT: a deferred read transaction that later writes
+    # cannot wait). Readers are not blocked in WAL mode. A read-only database keeps plain BEGIN.
+    readonly = str(u.query.get("mode", "")) == "ro"
+    begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql(begin)
 
     return engine

@@ -20,6 +20,8 @@ from eth_utils import keccak
 from keeper.devchain.simulate import Rpc, simulate, trader_address
 
 KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"  # anvil dev account 3
+FUNDING_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil dev account 4
+ADL_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"  # anvil dev account 5
 TRADERS = 300
 SEED = 5
 
@@ -64,6 +66,8 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
         "KEEPER_LOGGING__FORMAT": "json",
         "KEEPER_LOGGING__LEVEL": "DEBUG",
         "KEEPER_PRIVATE_KEY": KEY,
+        "KEEPER_FUNDING_KEY": FUNDING_KEY,
+        "KEEPER_ADL_KEY": ADL_KEY,
     }
     log_path = tmp_path / "keeper.log"
     with log_path.open("wb") as log:
@@ -104,6 +108,31 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
         ours = [lg for lg in logs if lg["data"][26:66].lower() == keeper[2:]]
         assert ours, "the keeper liquidated nothing"
 
+        # An hour of chain time later (feeds refreshed by the simulator), funding falls due: the keeper
+        # settles every market once, on its own funding key.
+        latest = rpc.call("eth_getBlockByNumber", "latest", False)
+        rpc.call("evm_mine", int(latest["timestamp"], 16) + 3_600)
+        simulate(deployed.w3, dep, "calm", traders=TRADERS, seed=SEED, blocks=2, log=lambda _: None)
+        settled_topic = (
+            "0x" + keccak(text="FundingSettled(uint256,uint256,int256,uint256,int256,uint256,uint256)").hex()
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            settled = rpc.call(
+                "eth_getLogs", {"fromBlock": "0x0", "toBlock": "latest", "topics": [settled_topic]}
+            )
+            if len({lg["topics"][1] for lg in settled}) == len(dep.markets):
+                break
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"funding settled on {len(settled)} markets only"
+            rpc.call("evm_mine")
+            time.sleep(0.5)
+        funder = Account.from_key(FUNDING_KEY).address.lower()
+        for lg in settled:
+            tx = rpc.call("eth_getTransactionByHash", lg["transactionHash"])
+            assert tx["from"].lower() == funder
+        assert len(settled) == len(dep.markets)  # exactly once per market for the period
+
         status, body = get(f"http://127.0.0.1:{port}/")
         assert status == 200 and b"Insurance fund" in body
         status, body = get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -116,7 +145,9 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
             proc.kill()
             raise
     assert code == 0, log_path.read_text()[-3000:]
-    bare = KEY[2:].lower()
-    assert bare not in log_path.read_text().lower()
-    for f in tmp_path.glob("keeper.db*"):
-        assert bare.encode() not in f.read_bytes().lower()
+    logs_text = log_path.read_text().lower()
+    for key in (KEY, FUNDING_KEY, ADL_KEY):
+        bare = key[2:].lower()
+        assert bare not in logs_text
+        for f in tmp_path.glob("keeper.db*"):
+            assert bare.encode() not in f.read_bytes().lower()

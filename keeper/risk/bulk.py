@@ -1,0 +1,125 @@
+"""Exact full recompute of a large book in one vectorized pass: float64 where the answer is clear, the
+integer math of :mod:`keeper.risk.math` where it is not.
+
+Per single-market account, float64 gives AV and MM, and for every threshold R (each warning line and
+line + hysteresis) the sign of ``d = AV·BPS − R·MM``. The exact integers differ from the float values
+by the contract's rounding (PnL floor, funding ceil, MM ceil: under one collateral unit each) plus the
+float error (relative ~1e-16 per operation on the operands' magnitude). Whenever ``|d|`` exceeds the
+bound ``4·BPS + 2·R + 1e-9·(BPS·|operands| + R·MM)`` — orders of magnitude above both errors — the
+float sign is the exact sign; every account within that bound of any threshold (a handful in a
+million) is recomputed with the exact integer functions. The tiers (hysteresis included) are then a
+function of those signs and the previous tier, so the result equals :meth:`Book.rebuild` (exact path)
+account for account — tested on random books in ``tests/core/test_bulk.py``.
+
+The lines (the prices at which each threshold is crossed) are computed in float64 too: they only
+select candidates for :meth:`Book.set_mark`, whose lookup interval is widened by ``LINE_MARGIN``
+(1e-6, relative) — far above float64's error and above the rounding's shift of the exact flip price,
+except for dust positions, which are put on the market's always-re-evaluate list instead.
+Multi-market accounts go through the exact per-account path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from keeper.risk import math as rm
+
+if TYPE_CHECKING:
+    from keeper.risk.book import Book
+
+EPS = 1e-9
+USD_SCALE = 1e30
+
+
+def rebuild(book: Book) -> set[str]:
+    from keeper.risk.book import (
+        FLAT,
+        FRAGILE_REL,
+        HYSTERESIS_BPS,
+        MULTI,
+        THRESHOLDS_BPS,
+        tier_with_hysteresis,
+    )
+
+    n = len(book._addr)
+    addr = book._addr
+    mk = book.col_market[:n]
+    prev = book.col_tier[:n].copy()
+    new = prev.copy()
+    for holders in book._multi.values():
+        holders.clear()
+    bps = float(rm.BPS)
+    top = float(max(THRESHOLDS_BPS))
+    for m, idx in book._lines.items():
+        sel = np.nonzero(mk == m)[0]
+        if m not in book.marks:
+            idx.set_sorted(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
+            book._fragile[m].set_sorted(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
+            continue  # as the exact path: no tier, no line until the market has a mark
+        size, entry, rest = book.col_size[sel], book.col_entry[sel], book.col_rest[sel]
+        mark, mmr = float(book.marks[m]), float(book.mmr_bps[m])
+        abs_size = np.abs(size)
+        av = rest + size * (mark - entry) / USD_SCALE
+        mm = abs_size * mark * mmr / (USD_SCALE * bps)
+        mag = np.abs(rest) + abs_size * mark / USD_SCALE + abs_size * entry / USD_SCALE
+        near = np.zeros(len(sel), bool)
+        below = {}
+        for r in THRESHOLDS_BPS:
+            d = av * bps - r * mm
+            tol = 4 * bps + 2 * r + EPS * (bps * mag + r * mm)
+            near |= np.abs(d) <= tol
+            below[r] = d < 0
+        raw = np.zeros(len(sel), np.int8)
+        for _, line in rm.WARNING_LINES_BPS:
+            raw += below[line]
+        t = prev[sel]
+        for tier, line in rm.WARNING_LINES_BPS:  # climb down one line at a time, as tier_with_hysteresis
+            t[(t == int(tier)) & ~below[line + HYSTERESIS_BPS]] = int(tier) - 1
+        res = np.maximum(t, raw)
+        for k in np.nonzero(near)[0].tolist():
+            slot = int(sel[k])
+            r_ = book.risk(addr[slot])
+            res[k] = int(
+                tier_with_hysteresis(rm.WarningTier(int(prev[slot])), r_.value, r_.maintenance_margin)
+            )
+        new[sel] = res
+        book.col_version[sel] += 1
+        versions = book.col_version[sel]
+        # lines: liquidation_price(size, entry, rest, 0, mmr, R) in float64
+        prices, owners, vers = [], [], []
+        f_prices, f_owners, f_vers = [], [], []
+        with np.errstate(divide="ignore"):
+            band = (3 * bps + 2 * top) / (abs_size * (bps - top * mmr / bps) / USD_SCALE)
+        for r in THRESHOLDS_BPS:
+            num = -rest * bps * 1e26 + size * entry
+            den = size * bps * bps - r * mmr * abs_size
+            with np.errstate(divide="ignore", invalid="ignore"):
+                root = num * bps * bps / den  # signed: negative when there is no line
+            p = np.abs(root)
+            ok = (num != 0) & (den != 0) & ((num > 0) == (den > 0)) & (p >= 1.0)
+            fragile = (root + band > 0) & (band > FRAGILE_REL * np.maximum(root, 0.0))
+            f_prices.append(np.maximum(root[fragile] + band[fragile], band[fragile] / FRAGILE_REL))
+            f_owners.append(sel[fragile])
+            f_vers.append(versions[fragile])
+            prices.append(p[ok])
+            owners.append(sel[ok])
+            vers.append(versions[ok])
+        idx.set_sorted(np.concatenate(prices), np.concatenate(owners).astype(np.int64), np.concatenate(vers))
+        book._fragile[m].set_sorted(
+            np.concatenate(f_prices), np.concatenate(f_owners).astype(np.int64), np.concatenate(f_vers)
+        )
+    flat = mk == FLAT
+    new[flat] = 0
+    book.col_version[:n][flat] += 1
+    changed = set()
+    book.col_tier[:n] = new
+    for slot in np.nonzero((new != prev) & (mk != MULTI))[0].tolist():
+        a = addr[slot]
+        book.accounts[a].tier = rm.WarningTier(int(new[slot]))
+        changed.add(a)
+    for slot in np.nonzero(mk == MULTI)[0].tolist():
+        if book._reindex(addr[slot]):
+            changed.add(addr[slot])
+    return changed
