@@ -112,6 +112,15 @@ lint: $(VENV_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy keeper
 
+## ---- benchmarks ----------------------------------------------------------------------------------
+# Indexer throughput on a cached 200k-event anvil chain (var/bench/): raw eth_getLogs, keeper index into
+# SQLite and PostgreSQL, a web3.py baseline, peak RSS at two chain lengths. Results: docs/benchmarks.md.
+.PHONY: bench-indexer
+bench-indexer: $(VENV_STAMP)
+	@url="$$(scripts/ensure-postgres.sh)"; rc=0; \
+	  KEEPER_TEST_PG_URL="$$url" $(PY) bench/indexer.py $(BENCH_ARGS) || rc=$$?; \
+	  scripts/ensure-postgres.sh --stop; exit $$rc
+
 ## ---- aggregate -----------------------------------------------------------------------------------
 test: build abis-check forge-test lint pytest
 

@@ -276,6 +276,51 @@ class FundingSettings(BaseModel):
     journal_url: str | None = None
 
 
+class AnomalySettings(BaseModel):
+    """The anomaly watch (:mod:`keeper.risk.anomaly`): rule-based flags, alerted and shown, never acted on.
+    A rule is off when its threshold is 0."""
+
+    enabled: bool = True
+    #: How often the watch looks at the index checkpoint (seconds).
+    poll_interval: float = Field(default=2.0, gt=0, le=60)
+    #: Optional block-time bound on every window (seconds), on top of the windows in blocks.
+    window_seconds: int | None = Field(default=None, ge=1)
+    #: One account taking more than this share of a market's open interest (both sides) ...
+    oi_share_bps: int = Field(default=2_500, ge=0, le=10_000)
+    #: ... within this many blocks ...
+    oi_window_blocks: int = Field(default=300, ge=1)
+    #: ... in a market whose open interest is worth at least this much (USD, at mark).
+    oi_min_usd: int = Field(default=10_000, ge=0)
+    #: Opens + closes of one account in one market within the window that flag a loop.
+    loop_min_count: int = Field(default=6, ge=0)
+    loop_window_blocks: int = Field(default=300, ge=1)
+    #: New accounts first funded by one third-party address (Deposited.from) within the window.
+    funding_min_accounts: int = Field(default=5, ge=0)
+    funding_window_blocks: int = Field(default=1_800, ge=1)
+    #: An oracle return beyond this many standard deviations of the recent returns ...
+    oracle_sigma: float = Field(default=6.0, ge=0)
+    #: ... over this many previous refreshes (at least oracle_min_samples of them) ...
+    oracle_samples: int = Field(default=30, ge=2, le=1_000)
+    oracle_min_samples: int = Field(default=5, ge=2)
+    #: ... and at least this large (bps), so that a flat history does not flag every small move.
+    oracle_min_move_bps: int = Field(default=500, ge=0)
+    #: At most this many blocks of refreshes are examined per pass (after a long pause).
+    oracle_max_blocks_per_pass: int = Field(default=1_000, ge=1)
+
+
+class OperatorAlertSettings(BaseModel):
+    """The operator conditions ``keeper run`` watches (besides the oracle and fund alerts)."""
+
+    #: Alert when the index lags the chain head by more than this many blocks (0: off) ...
+    max_index_lag_blocks: int = Field(default=50, ge=0)
+    #: ... for at least this long (seconds), so that a catch-up after start-up does not alert.
+    index_lag_grace_seconds: float = Field(default=30.0, ge=0)
+    #: Alert when the liquidation key's native balance is below this (ether; 0: off).
+    min_keeper_balance_eth: float = Field(default=0.05, ge=0)
+    #: How often the balance and the lag are checked (seconds).
+    check_interval: float = Field(default=10.0, gt=0, le=600)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEPER_", env_nested_delimiter="__", extra="forbid")
 
@@ -293,6 +338,8 @@ class Settings(BaseSettings):
     keeper: KeeperSettings = Field(default_factory=KeeperSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
     funding: FundingSettings = Field(default_factory=FundingSettings)
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    watch: OperatorAlertSettings = Field(default_factory=OperatorAlertSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -52,6 +52,10 @@ class KeeperNode:
     settings: Any
     parts: Parts = field(default_factory=Parts)
     tasks: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    #: The alert dispatcher of the current term (operator alerts and user warnings).
+    dispatcher: Any = None
+    #: The liquidation key's address, once loaded (for the balance watch).
+    keeper_address: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         import keeper.publisher.models  # noqa: F401  (registers the publisher's tables)
@@ -120,6 +124,9 @@ class KeeperNode:
                 lead_stop.set()
                 relay.cancel()
                 await self._drain()
+                if self.dispatcher is not None:
+                    await self.dispatcher.close()
+                    self.dispatcher = None
             if not stop.is_set():
                 log.warning("no longer the leader: standing by (the page keeps serving)")
 
@@ -138,6 +145,7 @@ class KeeperNode:
         from keeper.observability.metrics import METRICS
 
         s = self.settings
+        self.dispatcher = self._make_dispatcher(engine, dep)
         if self.parts.index:
             irpc = make_rpc(s)
             ix = make_indexer(s, engine, load_target(s), irpc, metrics=METRICS)
@@ -151,8 +159,34 @@ class KeeperNode:
         if self.parts.funding:
             from keeper.executor.maintenance import run_maintenance
 
-            self._start("funding", run_maintenance(s, dep, engine, rpc, stop, send_guard=guard))
+            self._start(
+                "funding",
+                run_maintenance(s, dep, engine, rpc, stop, send_guard=guard, dispatcher=self.dispatcher),
+            )
+        if s.anomaly.enabled:
+            from keeper.risk.anomaly import AnomalyWatch
+
+            watch = AnomalyWatch(engine, dep.chain_id, s.anomaly, self.dispatcher,
+                                 symbols={m.id: m.symbol for m in dep.markets})  # fmt: skip
+            self._start("anomaly", watch.run(stop))
+        from keeper.alerts.watch import OperatorWatch
+
+        self._start(
+            "watch",
+            OperatorWatch(rpc, engine, dep.chain_id, s.watch, self.dispatcher,
+                          address=lambda: self.keeper_address).run(stop),
+        )  # fmt: skip
         log.info("leader parts running: %s", ", ".join(self.tasks) or "nothing")
+
+    def _make_dispatcher(self, engine: Any, dep: Any) -> Any:
+        from keeper.alerts.contacts import SqlContacts
+        from keeper.alerts.dispatcher import AlertDispatcher
+
+        a = self.settings.alerts
+        if not a.enabled:
+            return AlertDispatcher()
+        contacts = SqlContacts(engine, dep.chain_id, allow_private=a.allow_private_webhooks)
+        return AlertDispatcher.from_settings(a, contacts=contacts)
 
     async def _drain(self) -> None:
         for task in self.tasks.values():
@@ -177,15 +211,23 @@ class KeeperNode:
             ex.replace_after_blocks, ex.bump_pct, send_guard=guard,
         )  # fmt: skip
         await txm.recover()
-        live = LiveBook(rpc, engine, dep, max_deviation_bps=rk.max_oracle_deviation_bps)
+        from keeper.alerts.watch import UserWarnings
+
+        self.keeper_address = signer.address
+        live = LiveBook(
+            rpc, engine, dep, max_deviation_bps=rk.max_oracle_deviation_bps, alerts=self.dispatcher
+        )
         await live.start()
+        warnings = UserWarnings(self.dispatcher)
         liq = Liquidator(live, txm, rpc, min_reward=ex.min_reward, fill=ex.batch_fill,
                          max_batches=ex.max_batches_per_block)  # fmt: skip
         log.info("liquidating as %s", signer.address)
         await run_loop(
             live, liq, rpc, stop=stop, poll_interval=ex.poll_interval,
             reconcile_every=rk.reconcile_every_blocks, reconcile_accounts=rk.reconcile_accounts,
+            on_block=lambda _head: warnings.on_block(live.book),
         )  # fmt: skip
+        await warnings.drain()
 
     # ------------------------------------------------------------------ plumbing
 

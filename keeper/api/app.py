@@ -311,6 +311,31 @@ async def api_liquidations(request: web.Request) -> web.Response:
     )
 
 
+async def api_anomalies(request: web.Request) -> web.Response:
+    _only(request, "page", "page_size")
+    cfg = request.app[CFG]
+    page = v.integer(request.query.get("page"), "page", low=1, high=1_000_000, default=1)
+    size = v.integer(request.query.get("page_size"), "page_size", low=1, high=cfg.max_page_size, default=20)
+    s = request.app[STATE]
+
+    def load() -> tuple[int, list[dict[str, Any]]]:
+        from keeper.risk.anomaly import recent_flags
+
+        with request.app[ENGINE].connect() as conn:
+            return recent_flags(conn, s.chain_id, (page - 1) * size, size)
+
+    total, rows = await asyncio.to_thread(load)
+    return json_response(
+        {
+            "page": page,
+            "page_size": size,
+            "total": total,
+            "note": "flags for review only: the keeper never acts on them",
+            "items": [st.anomaly_json(r, s.symbols) for r in rows],
+        }
+    )
+
+
 async def api_whales(request: web.Request) -> web.Response:
     _only(request)
     s = request.app[STATE]
@@ -471,5 +496,6 @@ def make_app(engine: Engine, cfg: ServerConfig, rpc: Any = None) -> web.Applicat
     r.add_get("/api/liquidations", api_liquidations)
     r.add_get("/api/accounts/{address}", api_account)
     r.add_get("/api/whales", api_whales)
+    r.add_get("/api/anomalies", api_anomalies)
     r.add_get("/api/explain", api_explain)
     return app

@@ -174,6 +174,67 @@ def openapi_document(max_page_size: int = 100) -> dict[str, Any]:
                     },
                 }
             },  # fmt: skip
+            "/api/anomalies": {
+                "get": {
+                    "summary": "Anomaly watch flags (for review; the keeper never acts on them), newest first, paged",
+                    "operationId": "anomalies",
+                    "parameters": [
+                        _q(
+                            "page",
+                            {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1},
+                            "page",
+                        ),
+                        _q(
+                            "page_size",
+                            {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": 20},
+                            "items per page",
+                        ),
+                    ],
+                    "responses": {
+                        "200": _resp(
+                            "one page of flags",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "page": {"type": "integer"},
+                                    "page_size": {"type": "integer"},
+                                    "total": {"type": "integer"},
+                                    "note": {"type": "string"},
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "id": {"type": "integer"},
+                                                "rule": {
+                                                    "type": "string",
+                                                    "enum": [
+                                                        "oi_share",
+                                                        "open_close_loop",
+                                                        "funding_source",
+                                                        "oracle_jump",
+                                                    ],
+                                                },
+                                                "rule_text": {"type": "string"},
+                                                "subject": {"type": "string"},
+                                                "account": {"type": "string", "nullable": True},
+                                                "market_id": {"type": "integer", "nullable": True},
+                                                "market": {"type": "string", "nullable": True},
+                                                "block_number": {"type": "integer"},
+                                                "detail": {"type": "object"},
+                                                "created": {"type": "number"},
+                                            },
+                                            "required": ["id", "rule", "subject", "block_number", "detail"],
+                                        },
+                                    },
+                                },
+                                "required": ["page", "page_size", "total", "items"],
+                            },
+                        ),
+                        **_errors(400, 429),
+                    },
+                }
+            },  # fmt: skip
             "/api/whales": {
                 "get": {
                     "summary": "Hourly anonymized distribution of the largest positions",

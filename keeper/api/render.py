@@ -155,6 +155,7 @@ def index_page(st: PublicState, *, stale_after: float, poll: float, rng: str = "
         + charts
         + markets_section(st)
         + liquidations_section(st)
+        + anomalies_section(st)
         + verify_section(st)
     )
     return layout("Insurance fund", body, page="fund", poll=poll, active="fund")
@@ -203,6 +204,41 @@ def liquidations_section(st: PublicState) -> str:
         "<th>account</th><th>market</th><th>size closed</th><th>price</th><th>penalty</th><th>to fund</th><th>kind</th>"
         f"</tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
+
+
+def anomalies_section(st: PublicState) -> str:
+    head = (
+        '<section><h2 id="anomalies">Anomaly watch</h2><p class=note>Rule-based flags for review (large share '
+        "of open interest, open/close loops, many accounts funded from one address, oracle jumps): the keeper "
+        'never acts on them. <a href="/api/anomalies">All, paged</a>.</p>'
+    )
+    if not st.anomalies:
+        return head + "<p class=empty>No anomaly flagged.</p></section>"
+    rows = "".join(
+        f"<tr><td>{e(r['block_number'])}</td><td>{e(r['rule'])}</td>"
+        f"<td>{e(st.symbols.get(int(r['market_id']), r['market_id']) if r['market_id'] is not None else '')}</td>"
+        f"<td><code>{e((r['account'] or r['subject'])[:14])}</code></td><td>{e(_anomaly_detail(r))}</td></tr>"
+        for r in st.anomalies
+    )
+    return (
+        head + f'<p class=note>{st.anomalies_total} in total.</p><div class="table"><table><thead><tr>'
+        "<th>block</th><th>rule</th><th>market</th><th>who</th><th>detail</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div></section>"
+    )
+
+
+def _anomaly_detail(r: dict[str, Any]) -> str:
+    d = r["detail"] or {}
+    rule = r["rule"]
+    if rule == "oi_share":
+        return f"{int(d.get('share_bps', 0)) / 100:.1f}% of open interest in {d.get('window_blocks')} blocks"
+    if rule == "open_close_loop":
+        return f"{d.get('count')} opens/closes in {d.get('window_blocks')} blocks"
+    if rule == "funding_source":
+        return f"{d.get('accounts')} new accounts funded in {d.get('window_blocks')} blocks"
+    if rule == "oracle_jump":
+        return f"{float(d.get('return_bps', 0)) / 100:+.2f}% ({d.get('sigmas')}σ)"
+    return ""
 
 
 def verify_section(st: PublicState) -> str:

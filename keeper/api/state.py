@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, select
 from keeper.api import format as fmt
 from keeper.publisher.models import FUND_SNAPSHOTS, MARKET_SNAPSHOTS, WHALE_SNAPSHOTS
 from keeper.risk import math as rm
+from keeper.risk.anomaly import recent_flags
 from keeper.store.models import (
     ACCOUNTS,
     CHECKPOINTS,
@@ -158,6 +159,9 @@ class PublicState:
     recent_liquidations: list[dict[str, Any]] = field(default_factory=list)
     liquidations_total: int = 0
     whales: list[dict[str, Any]] = field(default_factory=list)
+    #: The anomaly watch's latest flags (newest first) and their count.
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    anomalies_total: int = 0
     index: dict[str, Any] | None = None
     risk_params: dict[str, int] | None = None
     tier_limits: dict[int, dict[str, int]] = field(default_factory=dict)
@@ -180,6 +184,7 @@ class PublicState:
                 }
                 self.whales = latest_whales(conn, self.chain_id)
             self.liquidations_total, self.recent_liquidations = liquidations(conn, self.chain_id, 0, 10)
+            self.anomalies_total, self.anomalies = recent_flags(conn, self.chain_id, 0, 10)
             self.index = checkpoint(conn, self.chain_id)
             self.risk_params, self.tier_limits = rule_params(conn, self.chain_id)
         self.loaded_at = time.time()
@@ -370,6 +375,30 @@ def liquidation_json(r: dict[str, Any], symbols: dict[int, str]) -> dict[str, An
         "keeper_reward": money(r["keeper_reward"]),
         "fund_share": money(r["fund_share"]),
         "full": r["full"],
+    }
+
+
+ANOMALY_RULES = {
+    "oi_share": "one account took a large share of a market's open interest in a short window",
+    "open_close_loop": "rapid open/close loops of one account in one market",
+    "funding_source": "many new accounts first funded from one address",
+    "oracle_jump": "an oracle move far beyond the market's recent volatility",
+}
+
+
+def anomaly_json(r: dict[str, Any], symbols: dict[int, str]) -> dict[str, Any]:
+    m = r.get("market_id")
+    return {
+        "id": int(r["id"]),
+        "rule": r["rule"],
+        "rule_text": ANOMALY_RULES.get(r["rule"], r["rule"]),
+        "subject": r["subject"],
+        "account": r["account"],
+        "market_id": None if m is None else int(m),
+        "market": None if m is None else symbols.get(int(m), str(m)),
+        "block_number": int(r["block_number"]),
+        "detail": r["detail"],
+        "created": float(r["created"]),
     }
 
 

@@ -2,7 +2,10 @@
 
 Scenarios: calm (random walk ±0.2%/block with random opens, reductions and deposits), crash (−30% over
 10 blocks on every market), wick (one block at −15%, back the next), stale-oracle (one market's primary
-feed stops and chain time passes its heartbeat: the market is Paused). Traders are derived from the
+feed stops and chain time passes its heartbeat: the market is Paused), crash-day (the whole keeper's
+worst hour on a throwaway anvil of its own: 2,000 traders by default, the crash with base fee x20, a reorg,
+a failing primary RPC, a competing keeper, the page under load, one SIGKILL; report in
+var/artifacts/crash-day.json; exit code 1 when a check fails). Traders are derived from the
 seed; their setup (faucet, deposit, education, certification, warm-up trades to reach junior/senior,
 opening positions up to each tier's leverage) runs once per chain and seed. Orders the contracts reject
 are mined as reverted and counted. --forever keeps trading calmly (+60 s of chain time a block, so
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SCENARIO_NAMES = ("calm", "crash", "wick", "stale-oracle")
+SCENARIO_NAMES = ("calm", "crash", "wick", "stale-oracle", "crash-day")
 
 
 def _positive(text: str) -> int:
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scenario", choices=SCENARIO_NAMES, default="calm", help="price path (default: calm)"
     )
     parser.add_argument(
-        "--traders", type=_positive, default=200, metavar="N", help="number of traders (default: 200)"
+        "--traders", type=_positive, metavar="N", help="number of traders (default: 200; crash-day 2000)"
     )
     parser.add_argument(
         "--seed", type=int, default=1, metavar="N", help="seed of traders and paths (default: 1)"
@@ -72,6 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from keeper.config import load_settings
     from keeper.devchain.simulate import format_summary, simulate
 
+    if args.scenario == "crash-day" and not args.forever:
+        from keeper.devchain.crashday import CrashDayConfig, format_report, run_crash_day
+
+        report = run_crash_day(CrashDayConfig(traders=args.traders or 2_000, seed=args.seed))
+        print(format_report(report))
+        return 0 if report["ok"] else 1
+    if args.traders is None:
+        args.traders = 200
     settings = load_settings(args.config)
     path = args.deployments or default_path(settings.chain.deployments_file)
     deployment = Deployment.load(path)

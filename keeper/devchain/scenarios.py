@@ -85,10 +85,18 @@ class StaleOracle(Scenario):
         return self.jump if block == self.stop_block else 0
 
 
+class CrashDay(Crash):
+    """Crash day: 2,000 traders, −30% over 10 blocks with the base fee ×20, a 3-block reorg, the primary
+    RPC rate-limited then down 30 s, a competing keeper, the page under load; the keeper (keeper run) is
+    SIGKILLed once and restarted; verified and reported (keeper/devchain/crashday.py). Runs on its own
+    anvil, not on --rpc-url; --traders and --seed apply, --blocks does not."""
+
+
 SCENARIOS: dict[str, Scenario] = {
     "calm": Calm("calm", Calm.__doc__ or "", default_blocks=20),
     "crash": Crash("crash", Crash.__doc__ or "", default_blocks=12, activity=0.02),
     "wick": Wick("wick", Wick.__doc__ or "", default_blocks=4),
+    "crash-day": CrashDay("crash-day", CrashDay.__doc__ or "", default_blocks=12, activity=0.02),
     "stale-oracle": StaleOracle("stale-oracle", StaleOracle.__doc__ or "", default_blocks=4),
 }
 

@@ -35,6 +35,7 @@ from sqlmodel import Field, SQLModel
 from keeper.chain.rpc import RpcClient, RpcError
 from keeper.executor.txmanager import SimulationReverted, TxHandle, TxManager
 from keeper.risk import math as rm
+from keeper.store.engine import for_writes
 from keeper.store.models import EVENTS, FUNDING_SETTLEMENTS, MARKETS, RISK_PARAMS, big, table_of
 
 __all__ = [
@@ -334,7 +335,7 @@ def update_figures(
     settlements is detected by a missing id and answered by a full replay).
     """
     out: list[dict[str, Any]] = []
-    with engine.begin() as conn:
+    with for_writes(engine).begin() as conn:
         max_rate, period_len = _risk_params(conn, chain_id, params)
         markets = (
             conn.execute(

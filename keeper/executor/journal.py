@@ -155,7 +155,9 @@ class TxJournal:
             from keeper.store.engine import make_engine
 
             engine = make_engine(engine)
-        self.engine = engine
+        from keeper.store.engine import for_writes
+
+        self.engine = for_writes(engine)
         if create:
             SQLModel.metadata.create_all(engine, tables=TABLES)
 

@@ -40,8 +40,10 @@ async def run_maintenance(
     settler: Any = None,
     show: Callable[[dict[int, str]], Awaitable[Any]] | None = None,
     send_guard: Any = None,
+    dispatcher: Any = None,
 ) -> None:
-    """Runs the jobs until ``stop`` is set."""
+    """Runs the jobs until ``stop`` is set. ``dispatcher``: the caller's alert dispatcher (default: one
+    of its own, closed at the end)."""
     from keeper.alerts.dispatcher import AlertDispatcher
     from keeper.errors import KeeperError
     from keeper.executor.adl import AdlExecutor
@@ -59,7 +61,9 @@ async def run_maintenance(
         settler = FundingSettler(views, txm, markets, lead_seconds=fs.lead_seconds)
     settler.metrics = METRICS
     sched = KeeperSchedule(ChainClock(rpc))
-    dispatcher = AlertDispatcher.from_settings(settings.alerts)
+    own_dispatcher = dispatcher is None
+    if dispatcher is None:
+        dispatcher = AlertDispatcher.from_settings(settings.alerts)
 
     async def funding_job(tick: ChainTick) -> None:
         for r in await settler.run_once():
@@ -99,4 +103,5 @@ async def run_maintenance(
         await stop.wait()
     finally:
         await sched.shutdown()
-        await dispatcher.close()
+        if own_dispatcher:
+            await dispatcher.close()

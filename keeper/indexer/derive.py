@@ -558,7 +558,9 @@ class _Touch:
 class Deriver:
     """Applies decoded events to the derived tables (forward) and undoes them (rollback)."""
 
-    def __init__(self, decoder: EventDecoder, tables: Sequence[TableSpec] = TABLES) -> None:
+    def __init__(
+        self, decoder: EventDecoder, tables: Sequence[TableSpec] = TABLES, cache_rows: int = 1_000_000
+    ) -> None:
         self.decoder = decoder
         self.tables = list(tables)
         # (contract, event) -> [(table spec, [(group, handler)], [(sum, fn)])]
@@ -571,6 +573,32 @@ class Deriver:
                 groups = [(g, g.handlers[ek]) for g in ts.groups if ek in g.handlers]
                 sums = [(s, s.handlers[ek]) for s in ts.sums if ek in s.handlers]
                 self._routes.setdefault(ek, []).append((ts, groups, sums))
+        # Current-state rows as last committed, so that the next range does not read them back:
+        # (chain id, table) -> key -> row. Filled by :meth:`keep` after a commit, emptied by
+        # :meth:`clear` (rollbacks, failed commits); at most ``cache_rows`` rows (then: no caching).
+        self.cache_rows = cache_rows
+        self._cache: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
+        self._cached = 0
+        self._pending: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
+
+    # ---------------------------------------------------------------------------------- row cache
+
+    def keep(self) -> None:
+        """The transaction of the last :meth:`apply` committed: its rows are the stored ones now."""
+        pending, self._pending = self._pending, {}
+        for name, rows in pending.items():
+            table = self._cache.setdefault(name, {})
+            before = len(table)
+            table.update(rows)
+            self._cached += len(table) - before
+        if self._cached > self.cache_rows:
+            self.clear()
+
+    def clear(self) -> None:
+        """Forgets every cached row (after a rollback or a failed commit)."""
+        self._cache.clear()
+        self._pending = {}
+        self._cached = 0
 
     # ---------------------------------------------------------------------------------- forward
 
@@ -599,10 +627,16 @@ class Deriver:
                     v = fn(ev)
                     if v:
                         t.add[s.column] += v
+        self._pending = {}
         for ts in self.tables:
             keys = touched.get(ts.table.name)
             if keys:
-                existing = self._load(conn, chain_id, ts, list(keys))
+                cache = self._cache.get((chain_id, ts.table.name), {})
+                existing = {k: cache[k] for k in keys if k in cache}
+                missing = [k for k in keys if k not in existing]
+                if missing:
+                    existing.update(self._load(conn, chain_id, ts, missing))
+                pending = self._pending[(chain_id, ts.table.name)] = {}
                 rows = []
                 for key, t in keys.items():
                     old_row = existing.get(key)
@@ -612,6 +646,7 @@ class Deriver:
                         row[col] += v
                     row.update(_key_dict(chain_id, ts, key))
                     rows.append(row)
+                    pending[key] = row
                 self._upsert(conn, ts, rows)
         for proj_table in APPEND_ONLY:
             new_rows = appends.get(proj_table.name)

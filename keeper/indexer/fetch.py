@@ -1,8 +1,13 @@
 """Raw JSON-RPC over aiohttp + orjson, and adaptive ``eth_getLogs`` ranges.
 
-* :class:`RpcClient` - single calls and batches, retries with exponential backoff on transport errors
-  (connection refused/reset, timeouts, HTTP 429/5xx, malformed JSON), rotating through the configured
-  URLs; JSON-RPC error objects are raised as :class:`RpcError` (not retried: the caller decides).
+* :class:`RpcClient` - single calls and batches, retries with exponential backoff and jitter on
+  transport errors (connection refused/reset, timeouts, HTTP 5xx, malformed JSON) and HTTP 429;
+  JSON-RPC error objects are raised as :class:`RpcError` (not retried: the caller decides).
+  Several URLs fail over: a URL that fails is marked down for ``down_for`` seconds and requests go to
+  the first URL (in configured order) that is not down, so the primary is tried again once its
+  cooldown ends ("primary back"). A 429 pauses every request through the shared
+  :class:`keeper.chain.rpc.RateLimiter` for ``Retry-After`` (or the backoff) and is retried on the
+  same URL; an optional ``rate`` caps requests/s.
 * :func:`classify_range_error` - recognises the common providers' "range too large / too many results"
   answers (Alchemy, Infura, QuickNode, Ankr, Erigon/Geth limits, code -32005, HTTP 413) and extracts the
   range they suggest when they give one.
@@ -17,12 +22,14 @@ import asyncio
 import logging
 import random
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 import orjson
 
+from keeper.chain.rpc import RateLimiter, _retry_after
 from keeper.errors import KeeperError
 
 log = logging.getLogger(__name__)
@@ -53,12 +60,19 @@ class TransportError(Exception):
     """No usable answer: connection failure, timeout, HTTP error status, malformed or truncated JSON."""
 
     def __init__(
-        self, message: str, *, timeout: bool = False, malformed: bool = False, status: int | None = None
+        self,
+        message: str,
+        *,
+        timeout: bool = False,
+        malformed: bool = False,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.timeout = timeout
         self.malformed = malformed
         self.status = status
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After header
 
 
 class RpcUnavailable(KeeperError):
@@ -178,7 +192,8 @@ class AdaptiveRange:
 
     def success(self, span: int, n_logs: int) -> None:
         if n_logs > 2 * self.target_logs and span > self.minimum:
-            self.size = max(self.minimum, span // 2)
+            # proportional: a dense chain reaches target_logs per range at once (bounded memory)
+            self.size = max(self.minimum, min(span // 2, span * self.target_logs // n_logs))
         elif n_logs < self.target_logs and span >= self.size:
             self.size = min(self.maximum, self.size * 2, self.cap or self.maximum)
 
@@ -208,6 +223,10 @@ class RpcClient:
         backoff: float = 0.25,
         max_backoff: float = 10.0,
         batch_size: int = 100,
+        rate: float | None = None,
+        down_for: float = 15.0,
+        max_retry_after: float = 30.0,
+        rate_limited_retries: int = 50,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
@@ -217,13 +236,31 @@ class RpcClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.batch_size = batch_size
+        self.down_for = down_for  # a failed URL is skipped this long, then tried again
+        self.max_retry_after = max_retry_after
+        self.rate_limited_retries = rate_limited_retries  # 429s per request before giving up
+        self.limiter = RateLimiter(rate)
+        self._down_until = [0.0] * len(self.urls)
         self._i = 0
         self._id = 0
         self._session: aiohttp.ClientSession | None = None
+        self.failovers = 0  # times a request moved to another URL (tests, metrics)
 
     @property
     def url(self) -> str:
         return self.urls[self._i]
+
+    def _pick(self) -> int:
+        """The first URL (configured order) not marked down; all down: the one back soonest."""
+        now = time.monotonic()
+        for i, until in enumerate(self._down_until):
+            if until <= now:
+                return i
+        return min(range(len(self.urls)), key=self._down_until.__getitem__)
+
+    def _mark_down(self, i: int) -> None:
+        if len(self.urls) > 1:
+            self._down_until[i] = time.monotonic() + self.down_for
 
     async def __aenter__(self) -> RpcClient:
         return self
@@ -252,9 +289,17 @@ class RpcClient:
     async def _post(self, payload: Any) -> Any:
         """One HTTP round trip; TransportError on anything but a parsable JSON answer."""
         body = orjson.dumps(payload)
+        await self.limiter.acquire()
+        i = self._pick()
+        if i != self._i:
+            log.warning("RPC: switching from %s to %s", self.urls[self._i], self.urls[i])
+            self._i = i
         try:
             async with self._sess().post(self.url, data=body) as resp:
                 raw = await resp.read()
+                if resp.status == 429:
+                    wait = _retry_after(resp.headers.get("Retry-After"))
+                    raise TransportError(f"HTTP 429 from {self.url}", status=429, retry_after=wait)
                 if resp.status != 200:
                     # Some nodes answer JSON-RPC errors with 4xx/5xx bodies: use them when parsable.
                     try:
@@ -279,10 +324,24 @@ class RpcClient:
 
     async def _with_retries(self, payload: Any, *, retry_malformed: bool = True) -> Any:
         attempt = 0
+        limited = 0
         while True:
             try:
                 return await self._post(payload)
             except TransportError as exc:
+                if exc.status == 429:  # rate limited: pause everyone, retry the same URL
+                    limited += 1
+                    if limited > self.rate_limited_retries:
+                        raise RpcUnavailable(
+                            f"RPC unavailable: {exc} ({self.rate_limited_retries} times in a row)"
+                        ) from None
+                    delay = exc.retry_after
+                    if delay is None:
+                        delay = self._backoff(limited)
+                    delay = min(delay, self.max_retry_after)
+                    self.limiter.pause(delay)
+                    log.info("%s; pausing requests for %.2f s", exc, delay)
+                    continue  # the limiter waits
                 if not retry_malformed and (
                     exc.malformed or exc.timeout or exc.status in (413, 502, 503, 504)
                 ):
@@ -290,11 +349,20 @@ class RpcClient:
                 attempt += 1
                 if attempt > self.retries:
                     raise RpcUnavailable(f"RPC unavailable: {exc} (after {self.retries} retries)") from None
-                if len(self.urls) > 1:
-                    self._i = (self._i + 1) % len(self.urls)
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                failed = self._i
+                self._mark_down(failed)
+                if self._pick() != failed:
+                    self.failovers += 1
+                    log.warning("%s; failing over to %s", exc, self.urls[self._pick()])
+                    continue  # another URL is up: no need to wait
+                delay = self._backoff(attempt)
                 log.warning("%s; retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter (50-100 % of the step)."""
+        step = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        return float(step * (0.5 + random.random() / 2))
 
     @staticmethod
     def _result(reply: Any, method: str) -> Any:

@@ -52,6 +52,7 @@ log = logging.getLogger("keeper.indexer")
 
 MAX_RANGE_FAILURES = 10  # consecutive range errors at the minimum span before giving up
 MAX_REORG_ATTEMPTS = 10
+OVERSIZED = 3  # a range with more than this many times target_logs is fetched again, smaller
 
 
 @dataclass
@@ -62,8 +63,11 @@ class SyncOptions:
     initial_range: int = 2_000
     min_range: int = 1
     max_range: int = 100_000
-    pipeline_depth: int = 3
+    pipeline_depth: int = 1
     target_logs: int = 5_000
+    #: span of the first range of a run: the chain's density is unknown until then, and a dense chain
+    #: must not arrive as one huge answer (memory); :class:`AdaptiveRange` grows it from there.
+    first_range: int = 16
 
     @classmethod
     def from_settings(cls, s: Any) -> SyncOptions:
@@ -74,8 +78,9 @@ class SyncOptions:
             initial_range=s.initial_range,
             min_range=s.min_range,
             max_range=s.max_range,
-            pipeline_depth=getattr(s, "pipeline_depth", 3),
+            pipeline_depth=getattr(s, "pipeline_depth", 1),
             target_logs=getattr(s, "target_logs", 5_000),
+            first_range=getattr(s, "first_range", 16),
         )
 
 
@@ -109,7 +114,10 @@ class Indexer:
         #: optional :class:`keeper.observability.metrics.KeeperMetrics` (index lag, events, reorgs)
         self.metrics = metrics
         self.range = AdaptiveRange(
-            self.opts.initial_range, self.opts.min_range, self.opts.max_range, self.opts.target_logs
+            min(self.opts.initial_range, max(self.opts.first_range, self.opts.min_range)),
+            self.opts.min_range,
+            self.opts.max_range,
+            self.opts.target_logs,
         )
         self.cp: CheckpointState | None = None
         self.stats = SyncStats()
@@ -361,7 +369,18 @@ class Indexer:
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures))
                 self.range.too_large(span, exc, frm)
                 continue
-            self.range.success(span, len(fr.logs))
+            n = len(fr.logs)
+            self.range.success(span, n)
+            if n > OVERSIZED * self.range.target_logs and span > self.range.minimum:
+                # A dense stretch after sparse ones: the grown range brought far more logs than the
+                # target. Fetch it again, smaller, so that what is decoded and written at once (and
+                # the memory it takes) stays bounded by target_logs, whatever the chain's length.
+                log.info(
+                    "eth_getLogs %d-%d: %d logs (target %d): fetching %d blocks instead",
+                    frm, to, n, self.range.target_logs, self.range.size,
+                )  # fmt: skip
+                del fr
+                continue
             return fr
 
     async def _produce(self, start: int, safe: int, head: int, queue: asyncio.Queue[Any]) -> None:

@@ -7,6 +7,7 @@ Nothing here is used by the keeper at run time.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -376,7 +377,11 @@ class FaultProxy:
     ``wide`` / ``code`` (range errors in those providers' words, suggesting half the span), ``413``,
     ``timeout`` (answers after 1.5 s), ``truncated`` (half the body), ``malformed``, ``not-a-list``.
     Every ``fail_every``-th other request gets an HTTP 503; ``delay`` slows every answer;
-    ``strip_timestamps`` removes ``blockTimestamp`` from logs. ``counts`` tallies what was injected.
+    ``strip_timestamps`` removes ``blockTimestamp`` from logs. ``rate_limit`` is the share of requests
+    answered HTTP 429 with ``Retry-After: retry_after`` (seeded, so runs repeat). :meth:`kill` closes
+    the listening socket and every open connection (connection refused, as a dead node), :meth:`revive`
+    listens again on the same port. ``counts`` tallies what was injected and ``served`` what was
+    answered.
     """
 
     def __init__(
@@ -387,8 +392,16 @@ class FaultProxy:
         fail_every: int = 0,
         delay: float = 0.0,
         strip_timestamps: bool = False,
+        rate_limit: float = 0.0,
+        retry_after: str = "0.05",
+        seed: int = 1,
     ) -> None:
         self.upstream = upstream
+        self.rate_limit = rate_limit
+        self.retry_after = retry_after
+        self.rng = random.Random(seed)
+        self.served = 0
+        self.port = 0
         self.strip_timestamps = strip_timestamps  # logs without blockTimestamp, as many nodes answer
         self.delay = delay  # added to every answer
         self.max_span = max_span
@@ -415,18 +428,37 @@ class FaultProxy:
 
     async def _start(self) -> str:
         self.session = aiohttp.ClientSession()
+        await self._listen()
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _listen(self) -> None:
         app = web.Application()
         app.router.add_post("/", self.handle)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
-        port = self.runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        self.port = self.runner.addresses[0][1]
+        self.alive = True
 
     async def _stop(self) -> None:
-        await self.runner.cleanup()
+        if self.alive:
+            await self.runner.cleanup()
         await self.session.close()
+
+    def kill(self) -> None:
+        """The node dies: connections refused until :meth:`revive`."""
+
+        async def down() -> None:
+            self.alive = False
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(down(), self.loop).result(10)
+        self.count("killed")
+
+    def revive(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(10)
+        self.count("revived")
 
     async def forward(self, body: bytes) -> bytes:
         async with self.session.post(
@@ -447,6 +479,12 @@ class FaultProxy:
         payload = orjson.loads(body)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.rate_limit and self.rng.random() < self.rate_limit:
+            self.count("429")
+            return web.Response(
+                status=429, text="Too Many Requests", headers={"Retry-After": self.retry_after}
+            )
+        self.served += 1
         if isinstance(payload, dict) and payload.get("method") == "eth_getLogs":
             f = payload["params"][0]
             a, b = int(f["fromBlock"], 16), int(f["toBlock"], 16)

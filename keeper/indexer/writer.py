@@ -196,11 +196,16 @@ class IndexStore:
                 f"range {fr.from_block}-{fr.to_block} does not follow the checkpoint {expected.number}"
             )
         records = self.decode(fr)
-        with self.engine.begin() as conn:
-            # The guarded checkpoint move comes first: it takes the write lock (a second writer waits,
-            # then finds the checkpoint moved and fails before writing anything).
-            new = self._move_checkpoint(conn, expected, fr.to_block, fr.to_hash)
-            self._write(conn, fr, records)
+        try:
+            with self.engine.begin() as conn:
+                # The guarded checkpoint move comes first: it takes the write lock (a second writer
+                # waits, then finds the checkpoint moved and fails before writing anything).
+                new = self._move_checkpoint(conn, expected, fr.to_block, fr.to_hash)
+                self._write(conn, fr, records)
+        except BaseException:
+            self.deriver.clear()  # the derived rows it computed were not stored
+            raise
+        self.deriver.keep()
         return new
 
     def commit_reorg(
@@ -220,6 +225,7 @@ class IndexStore:
                 f"range {fr.from_block}-{fr.to_block} does not follow the fork block {fork[0]}"
             )
         records = self.decode(fr) if fr is not None else []
+        self.deriver.clear()  # a rollback rewrites derived rows: read them from the database
         with self.engine.begin() as conn:
             new = self._move_checkpoint(
                 conn, expected, *((fr.to_block, fr.to_hash) if fr is not None else fork)
@@ -230,6 +236,7 @@ class IndexStore:
                 conn.execute(insert(BLOCKS), [h.row(self.chain_id) for h in older_headers])
             if fr is not None:
                 self._write(conn, fr, records)
+        self.deriver.clear()
         return new, removed
 
     def _write(self, conn: Any, fr: FetchedRange, records: Sequence[LogRecord]) -> None:

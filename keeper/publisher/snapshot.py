@@ -39,6 +39,7 @@ from keeper.chain.rpc import RpcClient, RpcError
 from keeper.publisher.calls import fn
 from keeper.publisher.models import FUND_SNAPSHOTS, MARKET_SNAPSHOTS, WHALE_SNAPSHOTS
 from keeper.risk.math import BPS, notional
+from keeper.store.engine import for_writes
 from keeper.store.models import BAD_DEBTS, CHECKPOINTS, FUND_FLOWS, POSITIONS
 
 log = logging.getLogger("keeper.publisher")
@@ -341,7 +342,7 @@ def write_snapshot(
     whale_salt: str = "zanbara-whales",
 ) -> int:
     """Writes the snapshot of ``read`` (with the 24 h figures from the index) in one transaction."""
-    with engine.begin() as conn:
+    with for_writes(engine).begin() as conn:
         cp = index_checkpoint(conn, read.chain_id)
         upto = read.block_number if cp is None else min(cp, read.block_number)
         inc = income_24h(conn, read.chain_id, upto, read.block_timestamp)

@@ -179,14 +179,24 @@ class LiveBook:
 
     # ------------------------------------------------------------------ database side
 
-    def _checkpoint(self) -> tuple[int, str | None] | None:
-        with self.engine.connect() as conn:
-            r = conn.execute(
-                select(CHECKPOINTS.c.block_number, CHECKPOINTS.c.block_hash).where(
-                    CHECKPOINTS.c.chain_id == self.chain_id
-                )
-            ).first()
+    def _checkpoint(self, conn: Any = None) -> tuple[int, str | None] | None:
+        if conn is None:
+            with self.engine.connect() as own:
+                return self._checkpoint(own)
+        r = conn.execute(
+            select(CHECKPOINTS.c.block_number, CHECKPOINTS.c.block_hash).where(
+                CHECKPOINTS.c.chain_id == self.chain_id
+            )
+        ).first()
         return (int(r[0]), r[1]) if r else None
+
+    def _snapshot_connection(self) -> Any:
+        """A connection whose transaction sees one snapshot of the index: the checkpoint and the rows
+        it covers read together (PostgreSQL: REPEATABLE READ; SQLite: one transaction is a snapshot)."""
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        return conn
 
     def _block_hash(self, number: int) -> str | None:
         with self.engine.connect() as conn:
@@ -197,9 +207,9 @@ class LiveBook:
 
     def _load_all(self) -> None:
         assert self.book is not None
-        cp = self._checkpoint()
-        with self.engine.connect() as conn:
+        with self._snapshot_connection() as conn:
             conn.begin()
+            cp = self._checkpoint(conn)
             accts = conn.execute(
                 select(ACCOUNTS.c.address, ACCOUNTS.c.collateral, ACCOUNTS.c.tier).where(
                     ACCOUNTS.c.chain_id == self.chain_id
@@ -268,21 +278,25 @@ class LiveBook:
     def sync_from_db(self) -> list[str]:
         """Brings the book's positions to the index checkpoint; returns the accounts reloaded."""
         assert self.book is not None
-        cp = self._checkpoint()
-        if cp is None:
-            return []
-        number, cp_hash = cp
-        if number == self.book_block and cp_hash == self._book_hash:
-            return []
-        if number < self.book_block or (
-            self._book_hash is not None and self._block_hash(self.book_block) not in (None, self._book_hash)
-        ):
-            log.warning("index rolled back under block %d (reorg): reloading the whole book", self.book_block)
-            self._load_all()
-            return list(self.book.accounts)
-        lo, hi = self.book_block, number
-        with self.engine.connect() as conn:
+        with self._snapshot_connection() as conn:
             conn.begin()
+            cp = self._checkpoint(conn)
+            if cp is None:
+                return []
+            number, cp_hash = cp
+            if number == self.book_block and cp_hash == self._book_hash:
+                return []
+            if number < self.book_block or (
+                self._book_hash is not None
+                and self._block_hash(self.book_block) not in (None, self._book_hash)
+            ):
+                log.warning(
+                    "index rolled back under block %d (reorg): reloading the whole book", self.book_block
+                )
+                conn.rollback()
+                self._load_all()
+                return list(self.book.accounts)
+            lo, hi = self.book_block, number
             q = union(
                 *(
                     select(t.c.account).where(

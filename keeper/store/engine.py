@@ -73,6 +73,13 @@ def make_engine(url: str, *, echo: bool = False, busy_timeout_ms: int = DEFAULT_
     raise KeeperError(f"unsupported database {backend!r}: use sqlite:///path or postgresql://...")
 
 
+def for_writes(engine: Engine) -> Engine:
+    """``engine`` whose SQLite transactions take the write lock at BEGIN (no-op on PostgreSQL)."""
+    if engine.dialect.name != "sqlite":
+        return engine
+    return engine.execution_options(sqlite_immediate=True)
+
+
 def _sqlite_engine(u: Any, *, echo: bool, busy_timeout_ms: int) -> Engine:
     db = u.database
     memory = not db or db == ":memory:" or str(u.query.get("mode", "")) == "memory"
@@ -100,15 +107,14 @@ def _sqlite_engine(u: Any, *, echo: bool, busy_timeout_ms: int) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.close()
 
-    # BEGIN IMMEDIATE: a transaction takes the write lock when it starts, so two writers in one process
-    # (indexer, publisher, transaction journal) queue on busy_timeout instead of one failing at once
-    # with "database is locked" (SQLITE_BUSY_SNAPSHOT: a deferred read transaction that later writes
-    # cannot wait). Readers are not blocked in WAL mode. A read-only database keeps plain BEGIN.
-    readonly = str(u.query.get("mode", "")) == "ro"
-    begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
-
+    # Writers that read before they write (publisher, transaction journal, funding figures) begin with
+    # BEGIN IMMEDIATE (``for_writes(engine)``): they take the write lock up front and queue on
+    # busy_timeout, instead of failing at once with "database is locked" (SQLITE_BUSY_SNAPSHOT: a
+    # deferred transaction that read an old snapshot cannot upgrade to a writer). Readers keep plain
+    # BEGIN: in WAL mode they never wait for a writer.
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine

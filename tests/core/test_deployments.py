@@ -77,7 +77,7 @@ def test_traders_are_deterministic() -> None:
 def test_scenarios() -> None:
     import random
 
-    assert set(SCENARIOS) == {"calm", "crash", "wick", "stale-oracle"}
+    assert set(SCENARIOS) == {"calm", "crash", "wick", "stale-oracle", "crash-day"}
     crash = get_scenario("crash")
     total = 1.0
     for b in range(10):

@@ -102,11 +102,15 @@ def test_adaptive_range() -> None:
     assert r.size == 8  # the provider's stated limit is not exceeded again
     r.too_large(8, RangeTooLarge("x"), 5)
     assert r.size == 4
-    r.success(4, 500)  # far more logs than the target: shrink
-    assert r.size == 2
+    r.success(4, 500)  # far more logs than the target: shrink (in proportion)
+    assert r.size == 1
+    r.size = 2
     for _ in range(20):
         r.too_large(r.size, RangeTooLarge("x"), 5)
     assert r.size == 1
+    r = AdaptiveRange(1_000, maximum=10_000, target_logs=100)
+    r.success(1_000, 50_000)  # a dense chain: straight to about target_logs per range
+    assert r.size == 2
 
 
 # ------------------------------------------------------------------------------------ fault proxy
@@ -185,6 +189,59 @@ def test_index_through_a_faulty_provider_equals_a_direct_index(
             "503",
         ):
             assert proxy.counts.get(what, 0) >= 1, (what, proxy.counts)
+        fresh = fresh_dump(url, target, db_kind, tmp_path, window=16)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.integration
+def test_failover_and_rate_limits_across_two_urls_equal_a_direct_index(
+    deployed: Any, new_db: Callable[[], str], db_kind: str, tmp_path: Path
+) -> None:
+    """Two URLs: the primary answers 429 half the time (Retry-After), dies mid-backfill and comes back;
+    the index completes on the secondary, returns to the primary, and equals a direct index."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=8, seed=7, blocks=40)
+    head = w3.eth.block_number
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target, window=16)
+    try:
+        with (
+            FaultProxy(url, rate_limit=0.5, retry_after="0.02", delay=0.005) as primary,
+            FaultProxy(url, delay=0.005) as secondary,
+        ):
+
+            async def main() -> Any:
+                from keeper.indexer.sync import Indexer, SyncOptions
+
+                async with RpcClient(
+                    [primary.url, secondary.url], timeout=2.0, retries=4, backoff=0.01, down_for=0.3
+                ) as rpc:
+                    ix = Indexer(rpc, store, SyncOptions(reorg_window=16, initial_range=2, max_range=2))
+                    run = asyncio.create_task(ix.run(until_head=True))
+                    first = None
+                    while ix.cp is None or first is None:
+                        first = first if ix.cp is None else ix.cp.number
+                        await asyncio.sleep(0.01)
+                    while ix.cp.number < first + 10:  # mid-backfill
+                        await asyncio.sleep(0.01)
+                    killed_at = ix.cp.number
+                    await asyncio.to_thread(primary.kill)
+                    before = secondary.served
+                    while secondary.served < before + 10:  # the secondary carries on
+                        await asyncio.sleep(0.01)
+                    assert not run.done()
+                    await asyncio.to_thread(primary.revive)
+                    revived = primary.served
+                    cp = await run
+                    return cp, killed_at, revived, rpc.failovers
+
+            cp, killed_at, revived, failovers = asyncio.run(main())
+        assert killed_at < head and cp.number == head
+        assert primary.counts.get("429", 0) >= 3, primary.counts  # rate limited, and got through
+        assert failovers >= 1 and secondary.served >= 10
+        assert primary.served > revived, (primary.served, revived)  # back on the primary
         fresh = fresh_dump(url, target, db_kind, tmp_path, window=16)
         assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
     finally:
