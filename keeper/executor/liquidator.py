@@ -32,6 +32,7 @@ from typing import Any
 
 from eth_abi import decode, encode
 from eth_utils import keccak, to_checksum_address
+from sqlalchemy.exc import OperationalError
 
 from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
 from keeper.executor.batching import Candidate, GasModel, plan_batches
@@ -270,7 +271,9 @@ async def run_loop(
                     on_block(head)
             elif liquidator.in_flight:
                 await liquidator.collect()
-        except (RpcError, RpcTransportError, OSError) as exc:
-            log.warning("liquidation loop: %s", exc)
+        except (RpcError, RpcTransportError, OSError, OperationalError) as exc:
+            # A passing RPC or database fault (e.g. SQLite busy past its timeout) skips this step; the
+            # next one retries. A keeper must not stop liquidating over one bad read.
+            log.warning("liquidation loop: %s", str(exc).splitlines()[0])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll_interval)
