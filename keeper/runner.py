@@ -9,7 +9,8 @@ The shape at a glance (after pymaker's Lifecycle):
 * **on chain time** — settle funding when due (own key), run ADL when triggered (own key), watch the
   insurance fund for shortfalls;
 * **every ~10 s / each head** — publish the insurance fund and market figures read at one block;
-* **always** — serve the public page and API (and metrics on an internal address);
+* **always** — serve the public page and API in a child process (:class:`PageServerProcess`, so that
+  page load never shares the liquidator's event loop), and metrics on an internal address;
 * **on shutdown** (SIGINT/SIGTERM) — stop taking new work, let the indexer commit or roll back the
   range in flight, leave in-flight transactions tracked in the journal for the next start.
 
@@ -73,15 +74,21 @@ class KeeperNode:
         engine = open_database(s, migrate=True)
         rpc = RpcClient(s.chain.rpc_urls, timeout=s.chain.request_timeout)
         runners: list[Any] = []
+        page: PageServerProcess | None = None
+        watch: asyncio.Future[Any] | None = None
+        failure: list[BaseException] = []
         try:
             if self.parts.serve:
-                from keeper.publisher.service import start_server
+                from keeper.publisher.service import start_metrics
 
+                page = PageServerProcess(s, s.server.host, s.server.port)
+                await page.start()
+                watch = asyncio.ensure_future(page.watch(stop, failure))
                 try:
-                    runners = await start_server(s, engine, dep, rpc, host=s.server.host, port=s.server.port)
+                    runners = await start_metrics(s)
                 except OSError as exc:
                     raise KeeperError(
-                        f"cannot listen on {s.server.host}:{s.server.port}: {exc.strerror}"
+                        f"cannot listen on {s.metrics.host}:{s.metrics.port}: {exc.strerror}"
                     ) from None
             elector = LeaderElector.from_settings(s, engine, dep.chain_id, dep.address("Exchange")).start()
             try:
@@ -90,11 +97,17 @@ class KeeperNode:
                 elector.stop()
         finally:
             stop.set()
+            if watch is not None:
+                watch.cancel()
             await self._drain()
+            if page is not None:
+                await page.stop()
             for r in runners:
                 await r.cleanup()
             await rpc.close()
             engine.dispose()
+        if failure:
+            raise failure[0]
 
     # ------------------------------------------------------------------ leadership
 
@@ -258,6 +271,73 @@ class KeeperNode:
                         raise KeeperError(f"the {name} loop stopped unexpectedly")
         finally:
             waiter.cancel()
+
+
+class PageServerProcess:
+    """The public page server (``keeper serve`` without the publisher) in its own child process.
+
+    The page shares no event loop with the indexer and liquidator, so page load cannot delay a
+    liquidation; the publisher stays in this process (it writes), and so do the metrics (the registry
+    is this process's). The child is started with the "spawn" context (a fresh interpreter: nothing of
+    this process's loop, threads or connections is inherited), gets SIGTERM on shutdown (SIGKILL after
+    10 s), and exits by itself if this process dies (it polls ``os.getppid()``). A child that dies
+    while the node runs fails the node (fail fast, like the other parts: the supervisor restarts the
+    whole keeper), with its exit code in the error.
+    """
+
+    def __init__(self, settings: Any, host: str, port: int) -> None:
+        self.settings, self.host, self.port = settings, host, port
+        self.proc: Any = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        import multiprocessing
+        import os
+
+        from keeper.publisher.service import serve_child
+
+        ctx = multiprocessing.get_context("spawn")
+        recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(
+            target=serve_child, name="keeper-page",
+            args=(self.settings, self.host, self.port, os.getpid(), send), daemon=True,
+        )  # fmt: skip
+        self.proc.start()
+        send.close()
+        try:
+            ok = await asyncio.to_thread(recv.poll, timeout)
+            try:
+                msg = recv.recv() if ok else f"not listening after {timeout:g} s"
+            except EOFError:
+                msg = f"the page server process exited (code {self.proc.exitcode})"
+        finally:
+            recv.close()
+        if msg is not None:
+            await self.stop()
+            raise KeeperError(str(msg))
+        log.info("page server process %d serving http://%s:%d/", self.proc.pid, self.host, self.port)
+
+    async def watch(self, stop: asyncio.Event, failure: list[BaseException]) -> None:
+        """Sets ``stop`` (with the error in ``failure``) if the child dies while the node runs."""
+        while not stop.is_set():
+            if not self.proc.is_alive():
+                exc = KeeperError(f"the page server process exited unexpectedly (code {self.proc.exitcode})")
+                log.error("%s", exc)
+                failure.append(exc)
+                stop.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        p = self.proc
+        if p is None or p.exitcode is not None:
+            return
+        p.terminate()  # SIGTERM: the child cleans up its runners and exits
+        await asyncio.to_thread(p.join, timeout)
+        if p.exitcode is None:
+            log.warning("the page server process did not stop in %g s: killing it", timeout)
+            p.kill()
+            await asyncio.to_thread(p.join, 5)
 
 
 def run(settings: Any, parts: Parts | None = None) -> int:

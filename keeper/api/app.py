@@ -189,6 +189,71 @@ async def _security_headers(_request: web.Request, response: web.StreamResponse)
     response.headers.setdefault("Cache-Control", "no-store")
 
 
+# ------------------------------------------------------------------------------------ response cache
+
+
+class ResponseCache:
+    """Rendered bodies of the snapshot pages (/, /api/insurance-fund, /api/markets), per state version.
+
+    A body depends only on the in-memory state (``PublicState.version``, bumped by every refresh), the
+    query and the snapshot's age as shown (``age_seconds`` rounded to 0.1 s, and whether it is stale);
+    the key holds all of them, so a cached body is byte for byte what rendering would give, and a hit
+    is a dict lookup plus the write. Entries of older versions are dropped on the first miss of a new
+    version; the dict is bounded (cleared past ``max_entries``).
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self.version = -1
+        self._d: dict[tuple[Any, ...], bytes] = {}
+
+    def get(self, key: tuple[Any, ...], version: int) -> bytes | None:
+        if version != self.version:
+            return None
+        return self._d.get(key)
+
+    def put(self, key: tuple[Any, ...], version: int, body: bytes) -> None:
+        if version != self.version or len(self._d) >= self.max_entries:
+            self._d.clear()
+            self.version = version
+        self._d[key] = body
+
+
+CACHE = web.AppKey("cache", ResponseCache)
+
+
+def _headers(content_type: str) -> dict[str, str]:
+    return {"Content-Type": content_type, **SECURITY_HEADERS, "Cache-Control": "no-store"}
+
+
+_HTML_HEADERS = _headers("text/html; charset=utf-8")
+_JSON_HEADERS = _headers("application/json")
+
+
+def _age_key(s: st.PublicState, cfg: ServerConfig, now: float) -> tuple[float | None, bool]:
+    """What of the time a snapshot body shows: its age (0.1 s) and whether it is stale."""
+    if s.fund is None:
+        return None, False
+    age = max(0.0, now - float(s.fund["read_at"]))
+    return round(age, 1), age > cfg.stale_after
+
+
+def _cached(
+    request: web.Request, key: tuple[Any, ...], headers: dict[str, str], render_body: Callable[[float], bytes]
+) -> web.Response:
+    """The cached body for ``key`` (rendered at ``now`` on a miss), as a 200 response."""
+    app = request.app
+    s, cache = app[STATE], app[CACHE]
+    version = s.version  # read before rendering: a refresh meanwhile invalidates what we store
+    now = time.time()
+    full = (*key, *_age_key(s, app[CFG], now))
+    body = cache.get(full, version)
+    if body is None:
+        body = render_body(now)
+        cache.put(full, version, body)
+    return web.Response(body=body, headers=headers)
+
+
 # ------------------------------------------------------------------------------------ handlers
 
 
@@ -206,8 +271,12 @@ def _only(request: web.Request, *names: str) -> None:
 async def index(request: web.Request) -> web.Response:
     _only(request, "range")
     rng = v.choice(request.query.get("range"), "range", tuple(st.RANGES), "day")
-    cfg = request.app[CFG]
-    return _html(render.index_page(request.app[STATE], stale_after=cfg.stale_after, poll=cfg.poll, rng=rng))
+    cfg, s = request.app[CFG], request.app[STATE]
+
+    def page(now: float) -> bytes:
+        return render.index_page(s, stale_after=cfg.stale_after, poll=cfg.poll, rng=rng, now=now).encode()
+
+    return _cached(request, ("/", rng), _HTML_HEADERS, page)
 
 
 async def rules(request: web.Request) -> web.Response:
@@ -261,7 +330,11 @@ async def api_fund(request: web.Request) -> web.Response:
     s, cfg = request.app[STATE], request.app[CFG]
     if s.fund is None:
         return json_error(503, "no snapshot published yet")
-    return json_response(st.fund_json(s.fund, time.time(), cfg.stale_after, s.index))
+    fund, index = s.fund, s.index
+    return _cached(
+        request, ("/api/insurance-fund",), _JSON_HEADERS,
+        lambda now: orjson.dumps(st.fund_json(fund, now, cfg.stale_after, index)),
+    )  # fmt: skip
 
 
 async def api_history(request: web.Request) -> web.Response:
@@ -286,7 +359,10 @@ async def api_history(request: web.Request) -> web.Response:
 async def api_markets(request: web.Request) -> web.Response:
     _only(request)
     s, cfg = request.app[STATE], request.app[CFG]
-    return json_response(st.markets_json(s.fund, s.markets, time.time(), cfg.stale_after))
+    return _cached(
+        request, ("/api/markets",), _JSON_HEADERS,
+        lambda now: orjson.dumps(st.markets_json(s.fund, s.markets, now, cfg.stale_after)),
+    )  # fmt: skip
 
 
 async def api_liquidations(request: web.Request) -> web.Response:
@@ -479,6 +555,7 @@ def make_app(engine: Engine, cfg: ServerConfig, rpc: Any = None) -> web.Applicat
     app[BUCKETS] = TokenBuckets(cfg.rate, cfg.burst)
     app[EXPLAIN_BUCKETS] = TokenBuckets(cfg.explain_rate, cfg.explain_burst)
     app[EXPLAIN_SEM] = asyncio.Semaphore(cfg.explain_concurrency)
+    app[CACHE] = ResponseCache()
     app.on_response_prepare.append(_security_headers)
     app.cleanup_ctx.append(_refresher)
     r = app.router

@@ -104,12 +104,14 @@ def _fig(key: str, label: str, value: str, note: str = "") -> str:
     )
 
 
-def index_page(st: PublicState, *, stale_after: float, poll: float, rng: str = "day") -> str:
+def index_page(
+    st: PublicState, *, stale_after: float, poll: float, rng: str = "day", now: float | None = None
+) -> str:
     if st.fund is None:
         body = "<h1>Insurance fund</h1><p class=empty>No snapshot has been published yet.</p>"
         return layout("Insurance fund", body, page="fund", poll=poll, active="fund")
     f = st.fund
-    stamp = stamp_json(f, time.time(), stale_after)
+    stamp = stamp_json(f, time.time() if now is None else now, stale_after)
     d = fund_display(f, stamp)
     stale_cls = "badge stale" if stamp["stale"] else "badge live"
     stamp_html = (

@@ -169,6 +169,8 @@ class PublicState:
     symbols: dict[int, str] = field(default_factory=dict)
     #: The InsuranceFund's address, for the page's "check it yourself" line.
     fund_address: str | None = None
+    #: Bumped by every :meth:`refresh`: the server's rendered-response cache is keyed on it.
+    version: int = 0
 
     def refresh(self, engine: Engine) -> None:
         """Reloads everything from the database (one read transaction)."""
@@ -188,6 +190,7 @@ class PublicState:
             self.index = checkpoint(conn, self.chain_id)
             self.risk_params, self.tier_limits = rule_params(conn, self.chain_id)
         self.loaded_at = time.time()
+        self.version += 1
 
     # ---------------------------------------------------------------- live rule values
 

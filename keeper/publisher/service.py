@@ -70,7 +70,6 @@ async def start_server(settings: Any, engine: Any, dep: Any, rpc: RpcClient | No
                        metrics: bool = True) -> list[web.AppRunner]:  # fmt: skip
     """Starts the public app (and the internal metrics app); returns the runners to clean up."""
     from keeper.api.app import ServerConfig, make_app
-    from keeper.observability.metrics import metrics_app
 
     cfg = ServerConfig.from_settings(
         settings, dep.chain_id, dep.contracts.get("Exchange"), dep.contracts.get("InsuranceFund")
@@ -81,15 +80,73 @@ async def start_server(settings: Any, engine: Any, dep: Any, rpc: RpcClient | No
     await web.TCPSite(runner, host, port).start()
     runners.append(runner)
     log.info("serving the public page on http://%s:%d/", host, port)
-    if metrics and settings.metrics.enabled:
-        m = web.AppRunner(metrics_app(path=settings.metrics.path), access_log=None)
-        await m.setup()
-        await web.TCPSite(m, settings.metrics.host, settings.metrics.port).start()
-        runners.append(m)
-        log.info(
-            "metrics on http://%s:%d%s", settings.metrics.host, settings.metrics.port, settings.metrics.path
-        )
+    if metrics:
+        runners += await start_metrics(settings)
     return runners
+
+
+async def start_metrics(settings: Any) -> list[web.AppRunner]:
+    """Starts the internal metrics app (if enabled) on this process's registry; returns its runner."""
+    from keeper.observability.metrics import metrics_app
+
+    if not settings.metrics.enabled:
+        return []
+    m = web.AppRunner(metrics_app(path=settings.metrics.path), access_log=None)
+    await m.setup()
+    await web.TCPSite(m, settings.metrics.host, settings.metrics.port).start()
+    log.info("metrics on http://%s:%d%s", settings.metrics.host, settings.metrics.port, settings.metrics.path)
+    return [m]
+
+
+def serve_child(settings: Any, host: str, port: int, parent_pid: int, ready: Any) -> None:
+    """The page server of ``keeper run`` in its own process (multiprocessing "spawn" target).
+
+    Serves the public page and API only: no publisher (the leader's process writes the snapshots) and
+    no metrics (those live in the parent's registry and are served by the parent). Sends ``None`` on
+    ``ready`` once listening, or the error text. Stops on SIGTERM, and on its own when the parent is
+    gone (``os.getppid()`` changes); ignores SIGINT (the parent forwards a stop as SIGTERM, so a Ctrl-C
+    to the terminal's process group does not make it exit before the parent asks).
+    """
+    import os
+
+    from keeper.observability.logging import configure_from_settings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_from_settings(settings)
+    try:
+        dep = _deployment(settings)
+        engine = _engine(settings)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails
+        ready.send(f"{type(exc).__name__}: {exc}")
+        raise
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        async with _rpc(settings) as rpc:
+            try:
+                runners = await start_server(settings, engine, dep, rpc, host=host, port=port, metrics=False)
+            except OSError as exc:
+                ready.send(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+                return
+            ready.send(None)
+            try:
+                while not stop.is_set():
+                    if os.getppid() != parent_pid:
+                        log.warning("the keeper process is gone: the page server stops")
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+            finally:
+                for r in runners:
+                    await r.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()
 
 
 def run_server(

@@ -14,7 +14,7 @@ from typing import Any
 
 from eth_abi import decode, encode
 from eth_utils import keccak
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from keeper.devchain.simulate import Rpc, simulate, trader_address
@@ -161,6 +161,12 @@ def test_keeper_math_equals_contract_views(deployed: Any) -> None:
     accounts = [trader_address(SEED, i) for i in range(TRADERS)]
 
     @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+    # Explicit examples make sure every branch is drawn whatever hypothesis picks: moderate drops put
+    # accounts between 100% and 110% (partial liquidation), deep ones below 100% (full).
+    @example(moves=[-600, -600, -600])
+    @example(moves=[-900, -900, -900])
+    @example(moves=[-1_200, -1_200, -1_200])
+    @example(moves=[-3_000, -3_000, -3_000])
     @given(moves=st.lists(st.integers(min_value=-3_500, max_value=2_500), min_size=MARKETS, max_size=MARKETS))
     def at_random_prices(moves: list[int]) -> None:
         snap = chain.rpc.call("evm_snapshot")
