@@ -170,17 +170,32 @@ class Liquidator:
             if not ok:
                 self._lost(1, f"{e.account} no longer liquidatable at pending")
         entries = [e for e, ok in zip(entries, alive, strict=True) if ok]
+        batches = self.plan(entries)
+        if self.txm is None:
+            return batches
+        # All of this block's batches at once: each submit simulates and estimates gas on its own
+        # (disjoint accounts), only nonce allocation and broadcast are serialized by the manager's lock.
+        # One after another, two full batches took longer than a 1 s block.
+        txm = self.txm
+        results = await asyncio.gather(
+            *(
+                txm.submit(
+                    self.exchange,
+                    liquidate_batch_data([(e.account, e.market) for e in batch]),
+                    purpose="liquidation",
+                )
+                for batch in batches
+            ),
+            return_exceptions=True,
+        )
         sent = []
-        for batch in self.plan(entries):
-            if self.txm is None:
-                sent.append(batch)
+        for batch, res in zip(batches, results, strict=True):
+            if isinstance(res, SimulationReverted):
+                self._lost(len(batch), f"batch of {len(batch)} reverts in simulation: {res.reason}")
                 continue
-            data = liquidate_batch_data([(e.account, e.market) for e in batch])
-            try:
-                handle = await self.txm.submit(self.exchange, data, purpose="liquidation")
-            except SimulationReverted as rev:
-                self._lost(len(batch), f"batch of {len(batch)} reverts in simulation: {rev.reason}")
-                continue
+            if isinstance(res, BaseException):
+                raise res
+            handle = res
             self._flights.append(_Flight(handle, list(batch), head))
             self.stats.sent_batches += 1
             self.stats.sent_entries += len(batch)
