@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,6 +226,7 @@ class KeeperNode:
         )  # fmt: skip
         await txm.recover()
         from keeper.alerts.watch import UserWarnings
+        from keeper.observability.metrics import METRICS
 
         self.keeper_address = signer.address
         live = LiveBook(
@@ -235,10 +237,22 @@ class KeeperNode:
         liq = Liquidator(live, txm, rpc, min_reward=ex.min_reward, fill=ex.batch_fill,
                          max_batches=ex.max_batches_per_block)  # fmt: skip
         log.info("liquidating as %s", signer.address)
+
+        tiers_counted_at = [-10]
+
+        def on_block(head: int) -> None:
+            warnings.on_block(live.book)
+            # Dashboard gauges: accounts per warning tier (at most every 10 blocks: a pass over the
+            # book) and the liquidation lane's transactions in flight.
+            METRICS.pending_transactions.labels(lane="liquidation").set(liq.in_flight)
+            if live.book is not None and head - tiers_counted_at[0] >= 10:
+                tiers_counted_at[0] = head
+                METRICS.set_tier_counts(Counter(acct.tier for acct in live.book.accounts.values()))
+
         await run_loop(
             live, liq, rpc, stop=stop, poll_interval=ex.poll_interval,
             reconcile_every=rk.reconcile_every_blocks, reconcile_accounts=rk.reconcile_accounts,
-            on_block=lambda _head: warnings.on_block(live.book),
+            on_block=on_block,
         )  # fmt: skip
         await warnings.drain()
 

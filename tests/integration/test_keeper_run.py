@@ -4,6 +4,7 @@ the page; SIGTERM stops it cleanly; the key appears nowhere in its logs or datab
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -137,6 +138,10 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
         assert status == 200 and b"Insurance fund" in body
         status, body = get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200 and b"keeper_" in body
+        # the dashboard's gauges are fed by the running keeper
+        assert b'keeper_pending_transactions{lane="liquidation"}' in body
+        assert re.search(rb'keeper_accounts_by_tier\{tier="healthy"\} [1-9]', body), body[:2000]
+        assert re.search(rb"keeper_events_indexed_total [1-9]", body)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
