@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +59,26 @@ def deployed(anvil: Anvil, tmp_path: Path) -> Deployed:
     deployment = deploy(w3, DEV_KEYS[0], risk_admin, guardian)
     path = deployment.save(tmp_path / "deployments.json")
     return Deployed(anvil, w3, deployment, path, risk_admin, guardian)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_kind(request: pytest.FixtureRequest) -> str:
+    """Every database test runs on SQLite and on PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def new_db(db_kind: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Factory of throwaway databases of this test's kind (PostgreSQL: keeper_t_<random>, dropped
+    after). No server is a failure, never a skip."""
+    from keeper.store.testdb import DatabaseUnavailable, throwaway_database
+
+    with ExitStack() as stack:
+
+        def make() -> str:
+            try:
+                return stack.enter_context(throwaway_database(db_kind, tmp_path))
+            except DatabaseUnavailable as exc:
+                pytest.fail(str(exc))
+
+        yield make

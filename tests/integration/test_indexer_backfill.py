@@ -8,8 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from keeper.indexer.testing import Driver, compare_with_views, fresh_dump, index
 from keeper.indexer.writer import ConcurrentWriter
 from keeper.store.dump import diff_dumps, dump_tables
 from keeper.store.models import BadDebtRow, FundFlowRow, FundingSettlementRow, LiquidationRow
-from keeper.store.testdb import DatabaseUnavailable, throwaway_database
 
 pytestmark = pytest.mark.integration
 
@@ -35,25 +33,6 @@ SEED = 3
 N_TRADERS = 16
 USDC = 10**6
 WAD = 10**18
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def new_db(db_kind: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
-    """Factory of throwaway databases of this test's kind (PostgreSQL: keeper_t_<random>, dropped after)."""
-    with ExitStack() as stack:
-
-        def make() -> str:
-            try:
-                return stack.enter_context(throwaway_database(db_kind, tmp_path))
-            except DatabaseUnavailable as exc:
-                pytest.fail(str(exc))
-
-        yield make
 
 
 def _sim_traders() -> list[str]:

@@ -10,8 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,11 @@ from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import FaultProxy, fresh_dump
 from keeper.store.dump import diff_dumps, dump_tables
 from keeper.store.engine import make_engine
-from keeper.store.testdb import DatabaseUnavailable, throwaway_database
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 10  # SIGKILLs per database during one backfill
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def new_db(db_kind: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
-    with ExitStack() as stack:
-
-        def make() -> str:
-            try:
-                return stack.enter_context(throwaway_database(db_kind, tmp_path))
-            except DatabaseUnavailable as exc:
-                pytest.fail(str(exc))
-
-        yield make
 
 
 def _env(deployed: Any, db_url: str, rpc_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -5,8 +5,7 @@ the index built through it equals a fresh index built directly, on SQLite and on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from keeper.indexer.fetch import (
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import FaultProxy, fresh_dump, open_store
 from keeper.store.dump import diff_dumps, dump_tables
-from keeper.store.testdb import DatabaseUnavailable, throwaway_database
 
 # ------------------------------------------------------------------------------------ classification
 
@@ -114,24 +112,6 @@ def test_adaptive_range() -> None:
 
 
 # ------------------------------------------------------------------------------------ fault proxy
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def new_db(db_kind: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
-    with ExitStack() as stack:
-
-        def make() -> str:
-            try:
-                return stack.enter_context(throwaway_database(db_kind, tmp_path))
-            except DatabaseUnavailable as exc:
-                pytest.fail(str(exc))
-
-        yield make
 
 
 @pytest.mark.integration

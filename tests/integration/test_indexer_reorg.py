@@ -37,11 +37,6 @@ WINDOW = 64
 HISTORY_BLOCKS = 40
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @dataclass
 class Env:
     w3: Any
