@@ -40,6 +40,24 @@ ERROR = {
 }
 
 
+ANOMALY_FLAG = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "rule": {"type": "string", "enum": ["oi_share", "open_close_loop", "funding_source", "oracle_jump"]},
+        "rule_text": {"type": "string"},
+        "subject": {"type": "string"},
+        "account": {"type": "string", "nullable": True},
+        "market_id": {"type": "integer", "nullable": True},
+        "market": {"type": "string", "nullable": True},
+        "block_number": {"type": "integer"},
+        "detail": {"type": "object"},
+        "created": {"type": "number"},
+    },
+    "required": ["id", "rule", "subject", "block_number", "detail"],
+}
+
+
 def _resp(desc: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
@@ -51,6 +69,25 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def _q(name: str, schema: dict[str, Any], desc: str, required: bool = False) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": desc}
+
+
+def _paging(max_page_size: int) -> list[dict[str, Any]]:
+    """The ``page``/``page_size`` query parameters every paged list takes."""
+    return [
+        _q("page", {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}, "page"),
+        _q("page_size", {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": 20},
+           "items per page"),
+    ]  # fmt: skip
+
+
+def _page(item: dict[str, Any], **extra: dict[str, Any]) -> dict[str, Any]:
+    """One page of a paged list: its position, the total, and the items."""
+    return {
+        "type": "object",
+        "properties": {"page": {"type": "integer"}, "page_size": {"type": "integer"},
+                       "total": {"type": "integer"}, **extra, "items": {"type": "array", "items": item}},
+        "required": ["page", "page_size", "total", "items"],
+    }  # fmt: skip
 
 
 def openapi_document(max_page_size: int = 100) -> dict[str, Any]:
@@ -122,32 +159,9 @@ def openapi_document(max_page_size: int = 100) -> dict[str, Any]:
                 "get": {
                     "summary": "Liquidations, newest first, paged",
                     "operationId": "liquidations",
-                    "parameters": [
-                        _q(
-                            "page",
-                            {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1},
-                            "page",
-                        ),
-                        _q(
-                            "page_size",
-                            {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": 20},
-                            "items per page",
-                        ),
-                    ],
+                    "parameters": _paging(max_page_size),
                     "responses": {
-                        "200": _resp(
-                            "one page",
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "page": {"type": "integer"},
-                                    "page_size": {"type": "integer"},
-                                    "total": {"type": "integer"},
-                                    "items": {"type": "array", "items": obj},
-                                },
-                                "required": ["page", "page_size", "total", "items"],
-                            },
-                        ),
+                        "200": _resp("one page", _page(obj)),
                         **_errors(400, 429),
                     },
                 }
@@ -178,58 +192,11 @@ def openapi_document(max_page_size: int = 100) -> dict[str, Any]:
                 "get": {
                     "summary": "Anomaly watch flags (for review; the keeper never acts on them), newest first, paged",
                     "operationId": "anomalies",
-                    "parameters": [
-                        _q(
-                            "page",
-                            {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1},
-                            "page",
-                        ),
-                        _q(
-                            "page_size",
-                            {"type": "integer", "minimum": 1, "maximum": max_page_size, "default": 20},
-                            "items per page",
-                        ),
-                    ],
+                    "parameters": _paging(max_page_size),
                     "responses": {
                         "200": _resp(
                             "one page of flags",
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "page": {"type": "integer"},
-                                    "page_size": {"type": "integer"},
-                                    "total": {"type": "integer"},
-                                    "note": {"type": "string"},
-                                    "items": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "id": {"type": "integer"},
-                                                "rule": {
-                                                    "type": "string",
-                                                    "enum": [
-                                                        "oi_share",
-                                                        "open_close_loop",
-                                                        "funding_source",
-                                                        "oracle_jump",
-                                                    ],
-                                                },
-                                                "rule_text": {"type": "string"},
-                                                "subject": {"type": "string"},
-                                                "account": {"type": "string", "nullable": True},
-                                                "market_id": {"type": "integer", "nullable": True},
-                                                "market": {"type": "string", "nullable": True},
-                                                "block_number": {"type": "integer"},
-                                                "detail": {"type": "object"},
-                                                "created": {"type": "number"},
-                                            },
-                                            "required": ["id", "rule", "subject", "block_number", "detail"],
-                                        },
-                                    },
-                                },
-                                "required": ["page", "page_size", "total", "items"],
-                            },
+                            _page({"$ref": "#/components/schemas/AnomalyFlag"}, note={"type": "string"}),
                         ),
                         **_errors(400, 429),
                     },
@@ -283,6 +250,7 @@ def openapi_document(max_page_size: int = 100) -> dict[str, Any]:
             "schemas": {
                 "Error": ERROR,
                 "Stamp": STAMP,
+                "AnomalyFlag": ANOMALY_FLAG,
                 "Money": MONEY,
                 "Fund": {
                     "type": "object",
