@@ -365,50 +365,36 @@ async def api_markets(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-async def api_liquidations(request: web.Request) -> web.Response:
+async def _paged(
+    request: web.Request,
+    load: Callable[[Any, int, int, int], tuple[int, list[Any]]],
+    item: Callable[[Any, dict[int, str]], dict[str, Any]],
+    **extra: Any,
+) -> web.Response:
+    """One page of a newest-first list: ``page``/``page_size`` validated, rows read off the event loop."""
     _only(request, "page", "page_size")
-    cfg = request.app[CFG]
+    cfg, s = request.app[CFG], request.app[STATE]
     page = v.integer(request.query.get("page"), "page", low=1, high=1_000_000, default=1)
     size = v.integer(request.query.get("page_size"), "page_size", low=1, high=cfg.max_page_size, default=20)
-    s = request.app[STATE]
 
-    def load() -> tuple[int, list[dict[str, Any]]]:
+    def read() -> tuple[int, list[Any]]:
         with request.app[ENGINE].connect() as conn:
-            return st.liquidations(conn, s.chain_id, (page - 1) * size, size)
+            return load(conn, s.chain_id, (page - 1) * size, size)
 
-    total, rows = await asyncio.to_thread(load)
-    return json_response(
-        {
-            "page": page,
-            "page_size": size,
-            "total": total,
-            "items": [st.liquidation_json(r, s.symbols) for r in rows],
-        }  # fmt: skip
-    )
+    total, rows = await asyncio.to_thread(read)
+    items = [item(r, s.symbols) for r in rows]
+    return json_response({"page": page, "page_size": size, "total": total, **extra, "items": items})
+
+
+async def api_liquidations(request: web.Request) -> web.Response:
+    return await _paged(request, st.liquidations, st.liquidation_json)
 
 
 async def api_anomalies(request: web.Request) -> web.Response:
-    _only(request, "page", "page_size")
-    cfg = request.app[CFG]
-    page = v.integer(request.query.get("page"), "page", low=1, high=1_000_000, default=1)
-    size = v.integer(request.query.get("page_size"), "page_size", low=1, high=cfg.max_page_size, default=20)
-    s = request.app[STATE]
+    from keeper.risk.anomaly import recent_flags
 
-    def load() -> tuple[int, list[dict[str, Any]]]:
-        from keeper.risk.anomaly import recent_flags
-
-        with request.app[ENGINE].connect() as conn:
-            return recent_flags(conn, s.chain_id, (page - 1) * size, size)
-
-    total, rows = await asyncio.to_thread(load)
-    return json_response(
-        {
-            "page": page,
-            "page_size": size,
-            "total": total,
-            "note": "flags for review only: the keeper never acts on them",
-            "items": [st.anomaly_json(r, s.symbols) for r in rows],
-        }
+    return await _paged(
+        request, recent_flags, st.anomaly_json, note="flags for review only: the keeper never acts on them"
     )
 
 
