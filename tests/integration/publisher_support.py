@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,8 +28,11 @@ def size_for(d: Driver, market: int, notional_usd: float) -> int:
     return int(notional_usd * WAD * WAD / mark)
 
 
-def stage_liquidations(d: Driver) -> None:
-    """Leveraged accounts, then price drops: partial and full liquidations, bad debt, fund payouts."""
+def stage_liquidations(d: Driver, also: Sequence[str] = (), min_full: int = 1) -> None:
+    """Leveraged accounts, then two price drops: partial liquidations, full ones, bad debt, fund payouts.
+
+    ``also``: more accounts offered to the full-liquidation sweep (e.g. a simulated market's traders);
+    ``min_full``: how many full liquidations the sweep must make at least."""
     ex = d.c["Exchange"]
     t0, t1, t2, t3 = d.traders[:4]
     txs = []
@@ -40,9 +43,9 @@ def stage_liquidations(d: Driver) -> None:
             d.tx(ex, "deposit", [deposit * USDC], t),
             d.tx(ex, "setEducation", [t, True], d.risk_admin),
         ]
-    txs += [d.tx(ex, "setCertified", [t, True], d.risk_admin) for t in (t0, t1)]
+    txs += [d.tx(ex, "setCertified", [t, True], d.risk_admin) for t in (t0, t1)]  # 20x
     d.send_all(txs)
-    d.move_prices(1.0)
+    d.move_prices(1.0)  # both feeds equal: the mark is the feeds' price, whatever the EMA
     d.send_all(
         [
             d.trade_tx(t0, 1, size_for(d, 1, 18_000), 20),
@@ -51,11 +54,11 @@ def stage_liquidations(d: Driver) -> None:
             d.trade_tx(t3, 1, -size_for(d, 1, 2_000), 2),
         ]
     )
-    for t, m in ((t0, 1), (t1, 0)):
+    for t, m in ((t0, 1), (t1, 0)):  # margin ratio 105%: partial liquidations
         d.set_price(m, d.price_for_ratio(t, m, 1.05))
     assert d.liquidate_all([t0, t1]) == 2
-    d.move_prices(0.6)
-    assert d.liquidate_all(d.traders) >= 1
+    d.move_prices(0.6)  # everything levered is under water: full liquidations with bad debt
+    assert d.liquidate_all([*d.traders, *also]) >= min_full
 
 
 def _in_thread(fn: Callable[[], T]) -> T:

@@ -26,52 +26,24 @@ from keeper.indexer.writer import ConcurrentWriter
 from keeper.store.dump import diff_dumps, dump_tables
 from keeper.store.models import BadDebtRow, FundFlowRow, FundingSettlementRow, LiquidationRow
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from publisher_support import size_for  # noqa: E402
+from publisher_support import stage_liquidations as stage_with  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 3
 N_TRADERS = 16
-USDC = 10**6
-WAD = 10**18
 
 
 def _sim_traders() -> list[str]:
     return [trader_address(SEED, i) for i in range(N_TRADERS)]
 
 
-def _size_for(d: Driver, market: int, notional_usd: float) -> int:
-    mark = d.c["OracleHub"].functions.markPrice(market).call()
-    return int(notional_usd * WAD * WAD / mark)
-
-
 def stage_liquidations(d: Driver) -> None:
-    """Leveraged accounts, then two price drops: partial liquidations, full ones, bad debt, fund payouts."""
-    ex = d.c["Exchange"]
-    t0, t1, t2, t3 = d.traders[:4]
-    txs = []
-    for t, deposit in ((t0, 1_000), (t1, 1_000), (t2, 1_000), (t3, 50_000)):
-        txs += [
-            d.tx(d.usdc, "faucet", [t, deposit * USDC], t),
-            d.tx(d.usdc, "approve", [ex.address, 2**256 - 1], t),
-            d.tx(ex, "deposit", [deposit * USDC], t),
-            d.tx(ex, "setEducation", [t, True], d.risk_admin),
-        ]
-    txs += [d.tx(ex, "setCertified", [t, True], d.risk_admin) for t in (t0, t1)]  # 20x
-    d.send_all(txs)
-    d.move_prices(1.0)  # both feeds equal: the mark is the feeds' price, whatever the EMA
-    d.send_all(
-        [
-            d.trade_tx(t0, 1, _size_for(d, 1, 18_000), 20),
-            d.trade_tx(t1, 0, _size_for(d, 0, 18_500), 20),
-            d.trade_tx(t2, 2, _size_for(d, 2, 2_900), 3),
-            d.trade_tx(t3, 1, -_size_for(d, 1, 2_000), 2),
-        ]
-    )
-    for t, m in ((t0, 1), (t1, 0)):  # margin ratio 105%: partial liquidations
-        d.set_price(m, d.price_for_ratio(t, m, 1.05))
-    assert d.liquidate_all([t0, t1]) == 2
-    d.move_prices(0.6)  # everything levered is under water: full liquidations with bad debt
-    assert d.liquidate_all([*d.traders, *_sim_traders()]) >= 3
+    """The publisher tests' staging, with the simulated market's traders in the sweep too."""
+    stage_with(d, also=_sim_traders(), min_full=3)
 
 
 def test_backfill_equals_contract_views(
@@ -91,7 +63,7 @@ def test_backfill_equals_contract_views(
         stage_liquidations(d)
         d.admin_actions()
         d.settle_funding()
-        d.send(d.trade_tx(d.traders[3], 1, _size_for(d, 1, 1_000), 2))  # t3 reduces its short
+        d.send(d.trade_tx(d.traders[3], 1, size_for(d, 1, 1_000), 2))  # t3 reduces its short
         second = index_to_head(url, store)
         block = second.checkpoint.number
         assert block == w3.eth.block_number
