@@ -208,10 +208,10 @@ def load_main(argv: Sequence[str]) -> int:
                 statuses[status] += 1
                 if status == 200:
                     lat.append(dt)
-            if status != 200:
-                time.sleep(0.05)  # the page is down (keeper restarting): don't spin
                 if fig is not None:
                     samples[fig["block_number"]] = fig
+            if status != 200:
+                time.sleep(0.05)  # the page is down (keeper restarting): don't spin
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(a.concurrency)]
     for t in threads:

@@ -35,7 +35,7 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy.exc import OperationalError
 
 from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
-from keeper.executor.batching import Candidate, GasModel, plan_batches
+from keeper.executor.batching import Candidate, GasModel, batch_gas, plan_batches
 from keeper.executor.txmanager import SimulationReverted, TxHandle, TxManager
 from keeper.observability.metrics import METRICS, KeeperMetrics
 from keeper.risk import math as rm
@@ -173,9 +173,18 @@ class Liquidator:
         batches = self.plan(entries)
         if self.txm is None:
             return batches
+        return await self.send(batches, head)
+
+    async def send(self, batches: Sequence[Sequence[PlannedEntry]], head: int) -> list[list[PlannedEntry]]:
+        """Sends planned batches; returns those sent (a simulation revert is a lost race)."""
+        assert self.txm is not None
         # All of this block's batches at once: each submit simulates and estimates gas on its own
         # (disjoint accounts), only nonce allocation and broadcast are serialized by the manager's lock.
         # One after another, two full batches took longer than a 1 s block.
+        # The gas limit is floored at the model's cost of liquidating EVERY entry: the estimate (at
+        # 'pending') takes the cheap skip path for entries another keeper's pooled transaction settles;
+        # mined before that transaction (a higher tip, or a reorg re-including both in another order)
+        # ours would liquidate them for real and run out of gas.
         txm = self.txm
         results = await asyncio.gather(
             *(
@@ -183,6 +192,7 @@ class Liquidator:
                     self.exchange,
                     liquidate_batch_data([(e.account, e.market) for e in batch]),
                     purpose="liquidation",
+                    min_gas=batch_gas(len(batch), self.gas),
                 )
                 for batch in batches
             ),
@@ -204,7 +214,7 @@ class Liquidator:
                 "liquidation batch sent: %d accounts (nonce %d, tx %s) at block %d",
                 len(batch), handle.nonce, handle.tx_hash, head,
             )  # fmt: skip
-            sent.append(batch)
+            sent.append(list(batch))
         return sent
 
     def _lost(self, n: int, why: str) -> None:

@@ -230,10 +230,18 @@ class TxManager:
         return [self._handles[jt.tx.id or 0] for jt in recovered]
 
     async def submit(
-        self, to: str, data: str | bytes, gas: int | None = None, purpose: str = "", value: int = 0
+        self,
+        to: str,
+        data: str | bytes,
+        gas: int | None = None,
+        purpose: str = "",
+        value: int = 0,
+        min_gas: int = 0,
     ) -> TxHandle:
         """Simulates, estimates gas, allocates a nonce, signs, journals and broadcasts; a revert raises
-        :class:`SimulationReverted` before anything is allocated."""
+        :class:`SimulationReverted` before anything is allocated. ``min_gas`` floors the estimated
+        limit: an estimate at ``pending`` may take a cheap path (e.g. entries another keeper's pooled
+        transaction already settles) that the transaction will not take if mined first."""
         if not self.started:
             await self.recover()
         to = to_checksum_address(to)
@@ -247,7 +255,7 @@ class TxManager:
                 if _is_revert(exc):
                     raise _revert_reason(exc) from None
                 raise
-            gas = int(est * self.gas_margin)
+            gas = max(int(est * self.gas_margin), min_gas)
         head, base_fee, tip = await self._market()
         fees = initial_fees(base_fee, tip, self.cap, base_multiplier=self.base_fee_multiplier)
         async with self._lock:
