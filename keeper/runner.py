@@ -163,7 +163,7 @@ class KeeperNode:
         if self.parts.index:
             irpc = make_rpc(s)
             ix = make_indexer(s, engine, load_target(s), irpc, metrics=METRICS)
-            self._start("index", self._closing(ix.run(stop=stop), irpc.close))
+            self._start("index", self._closing(self._index(ix.run(stop=stop)), irpc.close))
         if self.parts.publish:
             from keeper.publisher.snapshot import Publisher
 
@@ -191,6 +191,22 @@ class KeeperNode:
                           address=lambda: self.keeper_address).run(stop),
         )  # fmt: skip
         log.info("leader parts running: %s", ", ".join(self.tasks) or "nothing")
+
+    async def _index(self, run: Awaitable[Any]) -> Any:
+        """The indexer; a reorg deeper than its window stops it — and the node — after the
+        ``deep_reorg`` operator alert went out (the index cannot be repaired in place)."""
+        try:
+            return await run
+        except Exception as exc:
+            from keeper.alerts.dispatcher import deep_reorg_alert
+
+            alert = deep_reorg_alert(exc)
+            if alert is not None and self.dispatcher is not None:
+                try:
+                    await asyncio.wait_for(self.dispatcher.alert(alert), 60)
+                except Exception as send_exc:  # noqa: BLE001 - the indexer's error is the one to report
+                    log.warning("deep_reorg alert delivery failed: %s", send_exc)
+            raise
 
     def _make_dispatcher(self, engine: Any, dep: Any) -> Any:
         from keeper.alerts.contacts import SqlContacts
@@ -242,9 +258,9 @@ class KeeperNode:
 
         def on_block(head: int) -> None:
             warnings.on_block(live.book)
-            # Dashboard gauges: accounts per warning tier (at most every 10 blocks: a pass over the
-            # book) and the liquidation lane's transactions in flight.
-            METRICS.pending_transactions.labels(lane="liquidation").set(liq.in_flight)
+            # Dashboard gauge: accounts per warning tier (at most every 10 blocks: a pass over the book).
+            # Each lane's pending transactions are fed by its TxManager, gas and latency by the
+            # TxManager and the Liquidator.
             if live.book is not None and head - tiers_counted_at[0] >= 10:
                 tiers_counted_at[0] = head
                 METRICS.set_tier_counts(Counter(acct.tier for acct in live.book.accounts.values()))

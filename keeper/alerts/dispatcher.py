@@ -33,6 +33,7 @@ from keeper.observability.logging import get_logger
 from keeper.risk.math import WarningTier
 
 __all__ = [
+    "DEEP_REORG_PREFIX",
     "NOTIFY_LINES",
     "AlertDispatcher",
     "AlertKind",
@@ -44,6 +45,7 @@ __all__ = [
     "Severity",
     "UserNotice",
     "crossing",
+    "deep_reorg_alert",
     "operator_message",
     "plan_user_deliveries",
     "user_message",
@@ -119,6 +121,22 @@ class CooldownGate:
 
     def active(self) -> list[str]:
         return sorted(k for k, e in self._entries.items() if e.active)
+
+
+#: How the indexer's error starts when a reorg went deeper than its window (keeper.indexer.sync).
+DEEP_REORG_PREFIX = "reorg deeper than the window"
+
+
+def deep_reorg_alert(exc: BaseException) -> OperatorAlert | None:
+    """The ``deep_reorg`` alert for the indexer stopping on a reorg deeper than its window, else None
+    (the indexer cannot repair that in place, so the operator must act before anything else)."""
+    if type(exc).__name__ != "DeepReorg" and not str(exc).startswith(DEEP_REORG_PREFIX):
+        return None
+    return OperatorAlert(
+        AlertKind.DEEP_REORG,
+        f"the indexer stopped: {exc}. The keeper exits; liquidations stop until it is re-indexed.",
+        severity=Severity.CRITICAL,
+    )
 
 
 def operator_message(alert: OperatorAlert, *, resolved: bool = False) -> Message:

@@ -5,7 +5,8 @@
   ``AlertDispatcher.tier_changed``; the dispatcher decides who is told what (once per crossing). The
   first pass only seeds the dispatcher's tracker: accounts already past a line when the keeper starts
   are not re-notified.
-* :class:`OperatorWatch` — every ``watch.check_interval`` seconds: the index lag (chain head minus the
+* :class:`OperatorWatch` — every ``watch.check_interval`` seconds: the latest head's timestamp (for
+  ``keeper_head_age_seconds``, computed at scrape time), the index lag (chain head minus the
   checkpoint) beyond ``watch.max_index_lag_blocks`` for ``watch.index_lag_grace_seconds``, and the
   liquidation key's native balance below ``watch.min_keeper_balance_eth``; each alert is resolved when
   the condition clears.
@@ -118,12 +119,14 @@ class OperatorWatch:
 
     async def check_lag(self) -> int | None:
         s = self.settings
-        if s.max_index_lag_blocks <= 0:
-            return None
-        head = int(await self.rpc.call("eth_blockNumber"), 16)
+        latest = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
+        head = int(latest["number"], 16)
+        self.metrics.observe_head(int(latest["timestamp"], 16))
         cp = await asyncio.to_thread(self._checkpoint)
         lag = head - (cp if cp is not None else -1)
         now = self.clock()
+        if s.max_index_lag_blocks <= 0:
+            return lag
         if lag > s.max_index_lag_blocks:
             if self._lag_since is None:
                 self._lag_since = now

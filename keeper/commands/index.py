@@ -3,14 +3,21 @@
 Reads the deployments file (chain.deployments_file) for the contracts and the start block, the RPC
 node from chain.rpc_urls (chain.ws_url, when set, only wakes the poller on new heads), and writes to
 database.url (SQLite by default, or postgresql://...). Reorgs up to indexer.reorg_window blocks deep
-are rolled back and re-indexed; blocks are indexed once indexer.confirmations deep. Stop with Ctrl-C
-(or SIGTERM): the range being written is committed first, and the next run resumes from there.
+are rolled back and re-indexed; a deeper one stops the indexer with an error, after the deep_reorg
+operator alert (alerts.webhooks, alerts.email). Blocks are indexed once indexer.confirmations deep.
+Stop with Ctrl-C (or SIGTERM): the range being written is committed first, and the next run resumes
+from there.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
+from typing import Any
+
+from keeper.alerts.dispatcher import deep_reorg_alert
+from keeper.errors import KeeperError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +43,26 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     configure_from_settings(settings)
-    run_index(
-        settings, until_head=args.until_head, start_block=args.from_block, progress=not args.no_progress
-    )
+    try:
+        run_index(
+            settings, until_head=args.until_head, start_block=args.from_block, progress=not args.no_progress
+        )
+    except KeeperError as exc:
+        alert = deep_reorg_alert(exc)
+        if alert is not None and settings.alerts.enabled:
+            asyncio.run(_send(settings, alert))
+        raise
     return 0
+
+
+async def _send(settings: Any, alert: Any) -> None:
+    """Sends one operator alert through the configured sinks (no user contacts: nothing to warn)."""
+    from keeper.alerts.dispatcher import AlertDispatcher
+
+    dispatcher = AlertDispatcher.from_settings(settings.alerts)
+    try:
+        await asyncio.wait_for(dispatcher.alert(alert), 60)
+    except TimeoutError:
+        pass  # the indexer's error is the one to report; the sinks logged their failures
+    finally:
+        await dispatcher.close()

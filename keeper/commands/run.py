@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     parts = Parts(
         index=not args.no_index,
         liquidate=not args.no_liquidate,
+        funding=not args.no_funding,
         publish=not args.no_publish,
         serve=not args.no_serve,
     )

@@ -37,6 +37,7 @@ from sqlalchemy.exc import OperationalError
 from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
 from keeper.executor.batching import Candidate, GasModel, batch_gas, plan_batches
 from keeper.executor.txmanager import SimulationReverted, TxHandle, TxManager
+from keeper.observability.latency import LiquidationLatency
 from keeper.observability.metrics import METRICS, KeeperMetrics
 from keeper.risk import math as rm
 from keeper.risk.live import LiveBook, calldata
@@ -107,6 +108,8 @@ class Liquidator:
         self.gas = gas or GasModel()
         self.metrics = metrics if metrics is not None else METRICS
         self.stats = LiquidatorStats()
+        #: oracle update -> liquidation mined (keeper_liquidation_latency_*)
+        self.latency = LiquidationLatency(self.metrics)
         self._flights: list[_Flight] = []
         #: account -> block of our mined liquidation: not resent until the book has indexed that block
         self._settling: dict[str, int] = {}
@@ -162,7 +165,9 @@ class Liquidator:
         await self.collect()
         self._settling = {a: b for a, b in self._settling.items() if b > self.live.book_block}
         busy = self.busy()
-        entries = [e for e in self.candidates() if e.account not in busy]
+        candidates = self.candidates()
+        self.latency.seen(head, (e.account for e in candidates))
+        entries = [e for e in candidates if e.account not in busy]
         if not entries:
             return []
         alive = await self._still_liquidatable(entries)
@@ -242,6 +247,7 @@ class Liquidator:
                         self.stats.liquidated += 1
                         self.stats.liquidated_accounts.append(e.account)
                         self._settling[e.account] = out.block_number or 0
+                        self.latency.mined(e.account, out.block_number or 0)
                     else:
                         self._lost(1, f"{e.account} skipped by the contract in {out.tx_hash}")
             elif out.state == "reverted":
@@ -252,6 +258,7 @@ class Liquidator:
                 self.stats.failed += 1
                 self._lost(len(f.entries), f"batch {out.state}: {out.error}")
         self._flights = still
+        await self.latency.flush(self.rpc)
 
     async def _liquidated_in(self, tx_hash: str | None) -> set[str]:
         if tx_hash is None:

@@ -54,6 +54,7 @@ from keeper.executor.journal import (
     TxState,
 )
 from keeper.executor.keys import Signer, redact
+from keeper.observability.metrics import METRICS
 
 __all__ = ["TxManager", "TxHandle", "TxOutcome", "SimulationReverted"]
 
@@ -193,6 +194,7 @@ class TxManager:
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
         self._handles: dict[int, TxHandle] = {}
+        METRICS.pending_transactions.labels(lane=lane).set_function(lambda: len(self.handles()))
         self._foreign: dict[int, int] = {}  # tx id -> ticks seen with its nonce consumed and no receipt
         self._resent_at: dict[int, int] = {}  # tx id -> head block of its last re-broadcast
         self.stats = {"broadcasts": 0, "replacements": 0, "rebroadcasts": 0, "rejected": 0, "capped_waits": 0}
@@ -432,6 +434,8 @@ class TxManager:
             if isinstance(r, dict) and r.get("blockNumber"):
                 status = int(r.get("status", "0x1"), 16)
                 block = int(r["blockNumber"], 16)
+                METRICS.record_gas(self.lane, int(r.get("gasUsed", "0x0"), 16)
+                                   * int(r.get("effectiveGasPrice", "0x0"), 16))  # fmt: skip
                 state = TxState.MINED if status == 1 else TxState.FAILED
                 error = None if status == 1 else "reverted on chain"
                 self.journal.finalize(

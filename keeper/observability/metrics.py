@@ -7,6 +7,7 @@ Prometheus conventions: seconds, blocks, wei; the fund balance is in USD (collat
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -61,7 +62,9 @@ class KeeperMetrics:
         r = self.registry
         # --- chain and index
         self.head_age = Gauge(
-            "keeper_head_age_seconds", "Seconds since the timestamp of the latest chain head seen", registry=r
+            "keeper_head_age_seconds",
+            "Seconds since the timestamp of the latest chain head seen (NaN before the first head)",
+            registry=r,
         )
         self.index_lag = Gauge("keeper_index_lag_blocks", "Chain head minus last indexed block", registry=r)
         self.events_indexed = Counter("keeper_events_indexed", "Events indexed", registry=r)
@@ -110,7 +113,12 @@ class KeeperMetrics:
             ["lane"],
             registry=r,
         )
-        self.gas_spent = Counter("keeper_gas_spent_wei", "Gas fees paid by the keeper (wei)", registry=r)
+        self.gas_spent = Counter(
+            "keeper_gas_spent_wei",
+            "Gas fees paid by the keeper's mined transactions (gasUsed x effectiveGasPrice, wei), by lane",
+            ["lane"],
+            registry=r,
+        )
         self.balance = Gauge("keeper_balance_wei", "The keeper account's native balance (wei)", registry=r)
         self.funding_lateness = Histogram(
             "keeper_funding_lateness_seconds",
@@ -131,8 +139,27 @@ class KeeperMetrics:
         self._rate_last: float | None = None
         self._rate_pending = 0
         self._rate_value: float | None = None
+        self._head_timestamp: int | None = None
+        # Computed at scrape time: the age keeps growing while no new head arrives (a stalled chain
+        # or RPC shows as a rising line, not as the last value set).
+        self.head_age.set_function(self._head_age)
 
     # ---- helpers for the callers
+
+    def _head_age(self, now: float | None = None) -> float:
+        if self._head_timestamp is None:
+            return math.nan
+        return (time.time() if now is None else now) - self._head_timestamp
+
+    def observe_head(self, timestamp: int) -> None:
+        """The latest chain head's timestamp (unix seconds). Negative ages are kept: a head ahead of
+        this machine's clock means clock skew (or a dev chain's warped time), worth seeing."""
+        self._head_timestamp = timestamp
+
+    def record_gas(self, lane: str, wei: int) -> None:
+        """Fees paid by one mined transaction of ``lane`` (reverted ones pay too)."""
+        if wei > 0:
+            self.gas_spent.labels(lane=lane).inc(wei)
 
     def record_events(self, count: int, now: float | None = None, *, half_life: float = 10.0) -> None:
         """Counts ``count`` indexed events and updates the events/s moving average."""

@@ -17,8 +17,10 @@ from keeper.alerts.dispatcher import (
     CooldownGate,
     CrossingTracker,
     OperatorAlert,
+    Severity,
     UserNotice,
     crossing,
+    deep_reorg_alert,
     operator_message,
     plan_user_deliveries,
     user_message,
@@ -197,3 +199,12 @@ def test_from_settings(tmp_path: Path) -> None:
     assert redact_text("see https://hooks.slack.com/services/T/B/TOKEN123 and smtp-pa55") == (
         "see [redacted] and [redacted]"
     )
+
+
+def test_deep_reorg_alert_only_for_the_indexers_deep_reorg_stop() -> None:
+    exc = KeeperError("reorg deeper than the window: none of the 4 stored blocks (10..13) is on the chain")
+    alert = deep_reorg_alert(exc)
+    assert alert is not None and alert.kind == AlertKind.DEEP_REORG and alert.severity == Severity.CRITICAL
+    assert alert.key == "deep_reorg" and "none of the 4 stored blocks" in alert.text
+    assert deep_reorg_alert(KeeperError("cannot reach RPC http://127.0.0.1:9: connection refused")) is None
+    assert deep_reorg_alert(RuntimeError("the index loop stopped unexpectedly")) is None

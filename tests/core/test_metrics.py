@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -27,7 +30,8 @@ async def _scrape(app: web.Application) -> tuple[int, str, str]:
 
 def test_scrape_and_parse() -> None:
     m = KeeperMetrics()
-    m.head_age.set(3.5)
+    assert math.isnan(m._head_age())  # no head seen yet: unknown, not 0
+    m.observe_head(int(time.time()) - 30)
     m.index_lag.set(2)
     m.record_events(10, now=0.0)
     m.record_events(40, now=2.0)
@@ -37,7 +41,8 @@ def test_scrape_and_parse() -> None:
     m.record_liquidation("lost_race")
     m.observe_liquidation_latency(blocks=2, seconds=4.2)
     m.pending_transactions.labels(lane="liquidation").set(1)
-    m.gas_spent.inc(21_000 * 10**9)
+    m.record_gas("liquidation", 21_000 * 10**9)
+    m.record_gas("funding", 0)  # nothing paid: no sample
     m.balance.set(5 * 10**18)
     m.funding_lateness.observe(12)
     m.fund_balance.set(1_000_000.5)
@@ -59,7 +64,7 @@ def test_scrape_and_parse() -> None:
                 return s.value
         raise AssertionError(f"{name} {labels} not exported")
 
-    assert value("keeper_head_age_seconds") == 3.5
+    assert 30 <= value("keeper_head_age_seconds") < 40  # computed at scrape time
     assert value("keeper_index_lag_blocks") == 2
     assert value("keeper_events_indexed_total") == 50
     assert value("keeper_events_indexed_per_second") == 20  # 40 events over 2 s
@@ -70,7 +75,8 @@ def test_scrape_and_parse() -> None:
     assert value("keeper_liquidation_latency_blocks_count") == 1
     assert value("keeper_liquidation_latency_seconds_bucket", le="8.0") == 1
     assert value("keeper_pending_transactions", lane="liquidation") == 1
-    assert value("keeper_gas_spent_wei_total") == 21_000 * 10**9
+    assert value("keeper_gas_spent_wei_total", lane="liquidation") == 21_000 * 10**9
+    assert not [s for f in families.values() for s in f.samples if s.labels.get("lane") == "funding"]
     assert value("keeper_balance_wei") == 5e18
     assert value("keeper_funding_lateness_seconds_sum") == 12
     assert value("keeper_fund_balance_usd") == 1_000_000.5
@@ -97,3 +103,37 @@ def test_dedicated_registry() -> None:
         "64+",
         "64+",
     ]
+
+
+class _Blocks:
+    """The one RPC call the latency tracker makes: a batch of eth_getBlockByNumber."""
+
+    def __init__(self, timestamps: dict[int, int]) -> None:
+        self.timestamps = timestamps
+        self.calls = 0
+
+    async def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        self.calls += 1
+        return [{"timestamp": hex(self.timestamps[int(p[0], 16)])} for _, p in calls]
+
+
+def test_liquidation_latency_from_trigger_block_to_mined() -> None:
+    from keeper.observability.latency import LiquidationLatency
+
+    m = KeeperMetrics()
+    lat = LiquidationLatency(m)
+    lat.seen(100, ["0xAA", "0xBB"])  # the oracle update of block 100 put both under
+    lat.seen(101, ["0xAA", "0xBB", "0xCC"])
+    lat.seen(102, ["0xaa", "0xcc"])  # 0xbb recovered: forgotten
+    lat.seen(103, ["0xaa", "0xbb", "0xcc"])  # 0xbb under again: a new episode from 103
+    lat.mined("0xAA", 104)
+    lat.mined("0xBB", 104)
+    lat.mined("0xDD", 104)  # never seen liquidatable by this process: not observed
+    rpc = _Blocks({100: 1_000, 103: 1_036, 104: 1_048})
+    assert asyncio.run(lat.flush(rpc)) == [(4, 48.0), (1, 12.0)]
+    assert asyncio.run(lat.flush(rpc)) == [] and rpc.calls == 1
+    lat.seen(105, ["0xaa"])  # partially liquidated, still under: keeps its first trigger block
+    lat.mined("0xaa", 106)
+    asyncio.run(lat.flush(_Blocks({100: 1_000, 106: 1_072})))
+    assert m.liquidation_latency_blocks._sum.get() == 4 + 1 + 6
+    assert m.liquidation_latency_seconds._sum.get() == 48 + 12 + 72
