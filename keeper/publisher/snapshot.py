@@ -1,7 +1,8 @@
 """The insurance-fund publisher: chain state read AT ONE BLOCK, written as a stamped snapshot.
 
-For each new head (polled every ``publisher.poll_interval`` <= 2 s), and at least every
-``publisher.max_interval`` (<= 10 s) even when no block comes, :meth:`Publisher.publish_once`:
+For each new head (polled every ``publisher.poll_interval`` <= 2 s; new number, or new hash after a reorg
+to a chain of the same height), and at least every ``publisher.max_interval`` (<= 10 s) even when no
+block comes, :meth:`Publisher.publish_once`:
 
 1. takes the head number N (``eth_blockNumber``);
 2. sends ONE JSON-RPC batch: ``eth_getBlockByNumber(N)``, every view below as ``eth_call`` with block tag N,
@@ -410,7 +411,8 @@ def write_snapshot(
 
 
 class Publisher:
-    """Polls the head and publishes a snapshot per new head, and at least every ``max_interval``."""
+    """Polls the head and publishes a snapshot per new head (new number or, after a reorg, new hash),
+    and at least every ``max_interval``."""
 
     def __init__(
         self,
@@ -439,6 +441,7 @@ class Publisher:
         self.whale_salt = whale_salt
         self.metrics = metrics
         self.last_block: int | None = None
+        self.last_hash: str | None = None
         self.last_time = 0.0
         self.published = 0
 
@@ -470,6 +473,7 @@ class Publisher:
             whale_interval=self.whale_interval, whale_top=self.whale_top, whale_salt=self.whale_salt,
         )  # fmt: skip
         self.last_block, self.last_time = read.block_number, time.monotonic()
+        self.last_hash = read.block_hash
         self.published += 1
         if self.metrics is not None:
             with contextlib.suppress(Exception):
@@ -483,9 +487,12 @@ class Publisher:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             try:
-                head = int(await self.rpc.call("eth_blockNumber"), 16)
+                # number AND hash: a reorg to a chain of the same height changes the head's hash only;
+                # the page must not stay stamped on the orphaned block until the next one comes
+                latest = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
+                head, head_hash = int(latest["number"], 16), str(latest["hash"])
                 due = time.monotonic() - self.last_time >= self.max_interval
-                if head != self.last_block or due:
+                if head != self.last_block or head_hash != self.last_hash or due:
                     await self.publish_once(head)
             except asyncio.CancelledError:
                 raise
