@@ -13,7 +13,9 @@ Two tables (SQLite by default, PostgreSQL too):
   hash, raw bytes, fees and state; a re-broadcast of the same bytes only increments ``broadcasts``.
 
 States of a transaction (``keeper_tx.state``): allocated → signed → broadcast → mined | failed, plus
-``dropped`` while no node knows it (it is re-broadcast at the same nonce). States of an attempt:
+``dropped`` while no node knows it (it is re-broadcast at the same nonce). A mined transaction keeps the
+hash of its block (``mined_block_hash``): while it is within the confirmation depth a reorg that orphans
+it sends it back to ``dropped`` (:meth:`TxJournal.reopen`). States of an attempt:
 signed → broadcast → replaced | dropped | rejected | mined.
 
 The models are plain SQLModel tables so that the Alembic migrations can include them.
@@ -26,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, Engine, Index, Integer, Text, UniqueConstraint, func
+from sqlalchemy import BigInteger, Column, Engine, Index, Integer, Text, UniqueConstraint, func, inspect, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 __all__ = ["TxState", "AttemptState", "KeeperTx", "KeeperTxAttempt", "TxJournal", "JournaledTx"]
@@ -93,6 +96,7 @@ class KeeperTx(SQLModel, table=True):
     updated_block: int | None = Field(default=None, sa_column=Column(BigInteger()))
     mined_block: int | None = Field(default=None, sa_column=Column(BigInteger()))
     mined_tx_hash: str | None = Field(default=None, max_length=66)
+    mined_block_hash: str | None = Field(default=None, max_length=66)  # tells a reorg that orphaned it
     receipt_status: int | None = None
     error: str | None = Field(default=None, sa_column=Column(Text()))
 
@@ -160,6 +164,7 @@ class TxJournal:
         self.engine = for_writes(engine)
         if create:
             SQLModel.metadata.create_all(engine, tables=TABLES)
+            _add_missing_columns(engine)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -278,6 +283,7 @@ class TxJournal:
         block: int | None,
         receipt_status: int | None,
         error: str | None = None,
+        block_hash: str | None = None,
     ) -> None:
         """Records the outcome: the mined attempt → mined, every other live attempt → replaced."""
         with self._session() as s:
@@ -285,6 +291,7 @@ class TxJournal:
             assert row is not None
             row.state = state.value
             row.mined_tx_hash, row.mined_block, row.receipt_status = tx_hash, block, receipt_status
+            row.mined_block_hash = block_hash
             if error is not None:
                 row.error = error[:2000]
             row.updated_at, row.updated_block = _now(), block
@@ -295,6 +302,25 @@ class TxJournal:
                 elif a.state != AttemptState.REJECTED:
                     a.state = AttemptState.REPLACED.value
                 s.add(a)
+            s.commit()
+
+    def reopen(self, tx_id: int, *, error: str, block: int | None = None) -> None:
+        """A mined transaction orphaned by a reorg: back in flight (``dropped``), its mined attempt too,
+        the outcome cleared (the manager re-broadcasts it, or takes its nonce with a cancellation)."""
+        with self._session() as s:
+            row = s.get(KeeperTx, tx_id)
+            assert row is not None
+            mined = row.mined_tx_hash
+            row.state = TxState.DROPPED.value
+            row.mined_tx_hash = row.mined_block_hash = None
+            row.mined_block = row.receipt_status = None
+            row.error = error[:2000]
+            row.updated_at, row.updated_block = _now(), block
+            s.add(row)
+            for a in s.exec(select(KeeperTxAttempt).where(KeeperTxAttempt.tx_id == tx_id)).all():
+                if a.tx_hash == mined:
+                    a.state = AttemptState.DROPPED.value
+                    s.add(a)
             s.commit()
 
     # -- reads ------------------------------------------------------------------------------------
@@ -325,6 +351,19 @@ class TxJournal:
                 q = q.where(KeeperTx.lane == lane)
             return self._load(s, s.exec(q.order_by(col(KeeperTx.nonce))).all())
 
+    def recently_mined(self, chain_id: int, sender: str, lane: str, above_block: int) -> list[JournaledTx]:
+        """Final transactions with a receipt in a block above ``above_block`` (not yet confirmed)."""
+        with self._session() as s:
+            q = select(KeeperTx).where(
+                KeeperTx.chain_id == chain_id,
+                KeeperTx.sender == sender,
+                KeeperTx.lane == lane,
+                col(KeeperTx.state).in_([TxState.MINED.value, TxState.FAILED.value]),
+                col(KeeperTx.mined_tx_hash).is_not(None),
+                col(KeeperTx.mined_block) > above_block,
+            )
+            return self._load(s, s.exec(q.order_by(col(KeeperTx.nonce))).all())
+
     def get(self, tx_id: int) -> JournaledTx | None:
         with self._session() as s:
             row = s.get(KeeperTx, tx_id)
@@ -346,3 +385,15 @@ class TxJournal:
             for r in s.exec(select(KeeperTx).where(col(KeeperTx.id).in_(ids))).all():
                 s.delete(r)
             s.commit()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Journals created before a column was added get it (the journal is not under Alembic)."""
+    if "mined_block_hash" in {c["name"] for c in inspect(engine).get_columns("keeper_tx")}:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE keeper_tx ADD COLUMN mined_block_hash VARCHAR(66)"))
+    except DBAPIError:  # another process added it first
+        if "mined_block_hash" not in {c["name"] for c in inspect(engine).get_columns("keeper_tx")}:
+            raise

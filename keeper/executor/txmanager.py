@@ -23,7 +23,14 @@ Life of a transaction (every transition written to the :class:`~keeper.executor.
    ``bump_pct`` % from the highest fees already sent at that nonce, rounded up, capped. A capped bump is
    not sent (the transaction waits). When the call now reverts, the nonce is taken by a 0-value
    self-transfer instead (a cancellation), so the lane is not held by a transaction bound to revert.
-4. Node answers are resolved by looking up our own hashes, never by blind resending: "already known" is
+4. Reorgs: a transaction recorded as mined is watched until ``confirmations`` blocks deep. When no
+   receipt of any of its hashes is left and its block is no longer canonical (gone, or another hash at
+   that height), it was orphaned: :meth:`tick` simulates it again at ``latest`` and re-broadcasts the
+   same bytes at the same nonce (state back to ``broadcast``, a fresh handle); when the call now reverts
+   (the work was done by someone else meanwhile), it is not sent: the nonce is taken by a self-transfer
+   (outcome ``cancelled``, error "orphaned by a reorg ... done by someone else"), since our later nonces
+   need it. A receipt found in another block (re-included by the new chain) only updates the record.
+5. Node answers are resolved by looking up our own hashes, never by blind resending: "already known" is
    a success; "nonce too low" looks for our receipt (ours mined → mined, else the nonce went to a
    transaction not in the journal → failed); "replacement underpriced" / "fee below base fee" reject that
    attempt only (its fees still raise the next bump's floor, so no underpriced loop).
@@ -95,6 +102,8 @@ class TxHandle:
 
     def __init__(self, tx_id: int, nonce: int, lane: str, purpose: str, tx_hash: str | None) -> None:
         self.tx_id, self.nonce, self.lane, self.purpose, self.tx_hash = tx_id, nonce, lane, purpose, tx_hash
+        #: set when a reorg orphaned the transaction after this handle resolved: the handle of its re-send
+        self.reorged: TxHandle | None = None
         self._future: asyncio.Future[TxOutcome] = asyncio.get_running_loop().create_future()
 
     def done(self) -> bool:
@@ -169,6 +178,7 @@ class TxManager:
         simulate_block: str = "pending",
         foreign_nonce_ticks: int = 2,
         send_guard: Callable[[], Awaitable[Any]] | None = None,
+        confirmations: int = 12,
     ) -> None:
         if max_fee_cap_wei <= 0:
             raise KeeperError("max_fee_cap_wei must be positive")
@@ -191,13 +201,24 @@ class TxManager:
         self.base_fee_multiplier = base_fee_multiplier
         self.simulate_block = simulate_block
         self.foreign_nonce_ticks = foreign_nonce_ticks
+        #: mined transactions shallower than this are checked for reorgs on every tick
+        self.confirmations = confirmations
+        self._head: int | None = None  # the latest head seen (bounds the journal's reorg query)
+        self._reopened_at: dict[int, int] = {}  # tx id -> head at which a reorg put it back in flight
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None
         self._handles: dict[int, TxHandle] = {}
         METRICS.pending_transactions.labels(lane=lane).set_function(lambda: len(self.handles()))
         self._foreign: dict[int, int] = {}  # tx id -> ticks seen with its nonce consumed and no receipt
         self._resent_at: dict[int, int] = {}  # tx id -> head block of its last re-broadcast
-        self.stats = {"broadcasts": 0, "replacements": 0, "rebroadcasts": 0, "rejected": 0, "capped_waits": 0}
+        self.stats = {
+            "broadcasts": 0,
+            "replacements": 0,
+            "rebroadcasts": 0,
+            "rejected": 0,
+            "capped_waits": 0,
+            "orphaned": 0,
+        }
 
     # -- public API -------------------------------------------------------------------------------
     @property
@@ -280,11 +301,17 @@ class TxManager:
         """Checks receipts, re-broadcasts dropped transactions and replaces stuck ones."""
         async with self._lock:
             rows = self.journal.in_flight(self.chain_id, self.sender, self.lane)
-            if not rows:
+            recent = self._recently_mined()
+            if not rows and not recent:
                 return
             head, base_fee, market_tip = await self._market()
             if head_block is not None:
                 head = max(head, head_block)
+            recent = [jt for jt in recent if (jt.tx.mined_block or 0) > head - self.confirmations]
+            if recent and await self._check_reorgs(recent, head, base_fee, market_tip):
+                rows = self.journal.in_flight(self.chain_id, self.sender, self.lane)
+            if not rows:
+                return
             calls: list[tuple[str, Sequence[Any]]] = [("eth_getTransactionCount", [self.sender, "latest"])]
             for jt in rows:
                 calls += [("eth_getTransactionReceipt", [h]) for h in jt.hashes]
@@ -309,6 +336,117 @@ class TxManager:
                 await self._advance(jt, receipts, known, chain_nonce, head, base_fee, market_tip)
 
     # -- internals --------------------------------------------------------------------------------
+    def _recently_mined(self) -> list[JournaledTx]:
+        """Our mined transactions that a reorg may still orphan (within ``confirmations`` of the head)."""
+        if self.confirmations <= 0:
+            return []
+        floor = (self._head if self._head is not None else 0) - self.confirmations
+        return self.journal.recently_mined(self.chain_id, self.sender, self.lane, floor)
+
+    async def _check_reorgs(self, recent: Sequence[JournaledTx], head: int, base_fee: int, tip: int) -> bool:
+        """Receipts and block hashes of recently mined transactions; orphaned ones are re-sent (or their
+        nonce taken by a cancellation). True when one was put back in flight."""
+        calls: list[tuple[str, Sequence[Any]]] = []
+        for jt in recent:
+            calls += [("eth_getTransactionReceipt", [h]) for h in jt.hashes]
+            calls.append(("eth_getBlockByNumber", [_hex(jt.tx.mined_block or 0), False]))
+        results = await self.rpc.batch(calls)
+        for r in results:
+            if isinstance(r, RpcError):
+                raise r
+        i, reopened = 0, False
+        for jt in recent:
+            receipts = results[i : i + len(jt.hashes)]
+            block = results[i + len(jt.hashes)]
+            i += len(jt.hashes) + 1
+            found = next((r for r in receipts if isinstance(r, dict) and r.get("blockNumber")), None)
+            row = jt.tx
+            if found is not None:
+                if (found["blockHash"], found["transactionHash"]) != (
+                    row.mined_block_hash,
+                    row.mined_tx_hash,
+                ):
+                    self._reincluded(jt, found)
+                continue
+            canonical = block.get("hash") if isinstance(block, dict) else None
+            if row.mined_block_hash is not None and canonical == row.mined_block_hash:
+                continue  # its block is still canonical: a node without the receipt (yet), not a reorg
+            await self._orphaned(jt, head, base_fee, tip)
+            reopened = True
+        return reopened
+
+    def _reincluded(self, jt: JournaledTx, receipt: dict[str, Any]) -> None:
+        """Re-included by the new chain (another block, or another of our attempts): re-recorded."""
+        row, block = jt.tx, int(receipt["blockNumber"], 16)
+        status = int(receipt.get("status", "0x1"), 16)
+        log.info(
+            "tx %s (nonce %d) re-included in block %d after a reorg",
+            receipt["transactionHash"],
+            row.nonce,
+            block,
+        )
+        self.journal.finalize(
+            row.id or 0,
+            TxState.MINED if status == 1 else TxState.FAILED,
+            tx_hash=receipt["transactionHash"],
+            block=block,
+            receipt_status=status,
+            error=row.error,
+            block_hash=receipt["blockHash"],
+        )
+
+    async def _orphaned(self, jt: JournaledTx, head: int, base_fee: int, tip: int) -> None:
+        """A mined transaction whose block left the chain: simulated again, then re-broadcast (same bytes,
+        same nonce), or, when the call now reverts, its nonce taken by a self-transfer."""
+        row = jt.tx
+        self.stats["orphaned"] += 1
+        mined = next((a for a in jt.attempts if a.tx_hash == row.mined_tx_hash), jt.latest)
+        assert mined is not None
+        log.warning("tx %s (nonce %d) mined in block %s was orphaned by a reorg", mined.tx_hash, row.nonce,
+                    row.mined_block)  # fmt: skip
+        reason = None
+        if mined.kind != "cancel":
+            call = {"from": self.sender, "to": row.to_address, "data": row.data,
+                    "value": _hex(int(row.value)), "gas": _hex(row.gas_limit)}  # fmt: skip
+            try:
+                await self._simulate(call, "latest")
+            except SimulationReverted as rev:
+                reason = rev.reason
+        error = (
+            f"orphaned by a reorg (block {row.mined_block})"
+            if reason is None
+            else f"orphaned by a reorg (block {row.mined_block}); done by someone else meanwhile, not sent "
+            f"again ({reason}): nonce taken by a self-transfer"
+        )
+        self.journal.reopen(row.id or 0, error=error, block=head)
+        row.state, row.error = TxState.DROPPED.value, error
+        row.mined_tx_hash = row.mined_block_hash = None
+        row.mined_block = row.receipt_status = None
+        mined.state = AttemptState.DROPPED.value
+        self._reopened_at[row.id or 0] = head
+        old = self._handles.pop(row.id or 0, None)
+        handle = self._handle_for(jt)
+        handle.tx_hash = mined.tx_hash
+        if old is not None:
+            old.reorged = handle
+        if reason is None:
+            self.stats["rebroadcasts"] += 1
+            self._resent_at[row.id or 0] = head
+            if mined.max_fee >= base_fee:
+                await self._broadcast(jt, mined, head)
+            else:
+                await self._replace(jt, head, base_fee, tip)
+            return
+        # The node may hold the orphaned bytes again (geth re-injects them): outbid them.
+        prev = Fees(max(a.max_fee for a in jt.attempts), max(a.priority_fee for a in jt.attempts))
+        mult = self.base_fee_multiplier
+        fees = bump_fees(prev, base_fee, tip, self.cap, self.bump_pct, base_multiplier=mult) or initial_fees(
+            base_fee, tip, self.cap, base_multiplier=mult
+        )
+        attempt = self._sign_attempt(jt, fees, head, cancel=True)
+        handle.tx_hash = attempt.tx_hash
+        await self._broadcast(jt, attempt, head)
+
     def _handle_for(self, jt: JournaledTx) -> TxHandle:
         tx_id = jt.tx.id
         assert tx_id is not None
@@ -325,7 +463,7 @@ class TxManager:
         )
         if isinstance(block, RpcError):
             raise block
-        head = int(block["number"], 16)
+        head = self._head = int(block["number"], 16)
         base_fee = int(block.get("baseFeePerGas") or "0x0", 16)
         if isinstance(tip, RpcError):  # not every node has it: the median tip of recent blocks
             hist = await self.rpc.call("eth_feeHistory", [_hex(5), "latest", [50]])
@@ -445,6 +583,7 @@ class TxManager:
                     block=block,
                     receipt_status=status,
                     error=error,
+                    block_hash=r.get("blockHash"),
                 )
                 cancelled = jt.tx.cancelled and any(
                     a.kind == "cancel" and a.tx_hash == r["transactionHash"] for a in jt.attempts
@@ -469,6 +608,7 @@ class TxManager:
     def _resolve(self, jt: JournaledTx, outcome: TxOutcome) -> None:
         self._foreign.pop(jt.tx.id or 0, None)
         self._resent_at.pop(jt.tx.id or 0, None)
+        self._reopened_at.pop(jt.tx.id or 0, None)
         h = self._handles.get(jt.tx.id or 0)
         if h is not None:
             h._resolve(outcome)
@@ -504,7 +644,8 @@ class TxManager:
             await self._broadcast(jt, self._sign_attempt(jt, fees, head, cancel=False), head)
             return
         live = jt.live
-        age = head - (latest.created_block if latest.created_block is not None else head)
+        created = latest.created_block if latest.created_block is not None else head
+        age = head - max(created, self._reopened_at.get(row.id or 0, created))
         if live is None or not known or live.state == AttemptState.SIGNED:
             # dropped, never confirmed sent, or every attempt refused: the same bytes again when they can
             # be included, else a bump straight away (there is nothing in a pool to wait for).

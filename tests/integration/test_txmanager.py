@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_utils import to_checksum_address
 
 from keeper.devchain.anvil import Anvil
 from keeper.executor.journal import AttemptState, TxJournal, TxState
@@ -372,6 +373,129 @@ def test_lane_refuses_a_key_of_another_lane(node: Anvil, tmp_path: Path) -> None
             await manager(rpc, journal, lane="liquidation").submit(SINK, "0x01")
             with pytest.raises(Exception, match="give each lane its own key"):
                 await manager(rpc, journal, lane="adl").recover()
+        finally:
+            await rpc.close()
+
+    run(main())
+
+
+# (g) reorgs ------------------------------------------------------------------------------------------
+#: A contract whose work can be done once: the first call sets slot 0, any later call reverts 0xdeadbeef.
+ONCE = "0x0000000000000000000000000000000000000ace"
+ONCE_CODE = "0x600054600c576001600055005b63deadbeef60e01b60005260046000fd"
+
+
+async def canonical_senders(rpc: CountingRpc, sender: str) -> list[tuple[int, str]]:
+    """(nonce, input) of every transaction of ``sender`` on the canonical chain."""
+    out = []
+    for n in range(1, int(await rpc.call("eth_blockNumber"), 16) + 1):
+        blk = await rpc.call("eth_getBlockByNumber", [hex(n), True])
+        out += [
+            (int(t["nonce"], 16), t["input"])
+            for t in blk["transactions"]
+            if t["from"].lower() == sender.lower()
+        ]
+    return out
+
+
+def test_tx_orphaned_by_a_reorg_is_rebroadcast_at_same_nonce(node: Anvil, tmp_path: Path) -> None:
+    """Mined, then its block is replaced by a reorg without it: the manager sees the receipt gone and the
+    block hash changed, simulates again and re-broadcasts the same bytes at the same nonce; mined again."""
+    journal = TxJournal(f"sqlite:///{tmp_path / 'j.db'}")
+
+    async def main() -> None:
+        rpc = CountingRpc(node.url)
+        try:
+            await setup_chain(rpc, automine=False)
+            await rpc.call("anvil_setCode", [ONCE, ONCE_CODE])
+            mgr = manager(rpc, journal)
+            h = await mgr.submit(ONCE, "0x01", purpose="liquidate")
+            head = await mine(rpc)
+            await mgr.tick(head)
+            first = await h.wait(5)
+            assert first.state == "mined" and first.block_number == head
+            row = journal.get(h.tx_id).tx
+            block = await rpc.call("eth_getBlockByNumber", [hex(head), False])
+            assert row.mined_block_hash == block["hash"]
+            for _ in range(2):  # two more blocks on top: the reorg replaces 3
+                await mgr.tick(await mine(rpc))
+            await rpc.call("anvil_reorg", [3, []])
+            assert await rpc.call("eth_getTransactionReceipt", [h.tx_hash]) is None
+            assert (await rpc.call("eth_getBlockByNumber", [hex(head), False]))["hash"] != block["hash"]
+            await mgr.tick()
+            assert mgr.stats["orphaned"] == 1
+            again = h.reorged
+            assert again is not None and not again.done() and again.nonce == h.nonce
+            jt = journal.get(h.tx_id)
+            assert jt.tx.state == TxState.BROADCAST and jt.tx.mined_block is None
+            assert "orphaned by a reorg" in (jt.tx.error or "")
+            pooled = await rpc.call("eth_getTransactionByHash", [h.tx_hash])
+            assert pooled is not None and pooled["blockNumber"] is None  # the same bytes, in the pool
+            await mgr.tick()  # nothing new: no second re-broadcast, no replacement
+            assert mgr.stats["replacements"] == 0 and mgr.stats["orphaned"] == 1
+            head2 = await mine(rpc)
+            await mgr.tick(head2)
+            o = await again.wait(5)
+            assert o.state == "mined" and o.tx_hash == h.tx_hash and o.nonce == 0 and o.block_number == head2
+            jt = journal.get(h.tx_id)
+            assert len(jt.attempts) == 1 and jt.attempts[0].state == AttemptState.MINED
+            blk2 = await rpc.call("eth_getBlockByNumber", [hex(head2), False])
+            assert jt.tx.state == TxState.MINED and jt.tx.mined_block_hash == blk2["hash"]
+            assert await canonical_senders(rpc, signer(0).address) == [(0, "0x01")]
+            for _ in range(3):  # deeper and deeper: nothing more happens
+                await mgr.tick(await mine(rpc))
+            assert mgr.stats["orphaned"] == 1
+            assert rpc.counts["eth_sendRawTransaction"] == 2
+        finally:
+            await rpc.close()
+
+    run(main())
+
+
+def test_tx_orphaned_after_the_work_was_done_by_someone_else_is_not_resent(
+    node: Anvil, tmp_path: Path
+) -> None:
+    """Mined, then a reorg whose new chain holds another keeper's call doing the same work: the orphaned
+    call now reverts, so it is not sent again; its nonce is taken by a self-transfer (our next nonce
+    needs it) and the outcome says why."""
+    journal = TxJournal(f"sqlite:///{tmp_path / 'j.db'}")
+
+    async def main() -> None:
+        rpc = CountingRpc(node.url)
+        try:
+            await setup_chain(rpc, automine=False)
+            await rpc.call("anvil_setCode", [ONCE, ONCE_CODE])
+            mgr = manager(rpc, journal)
+            h = await mgr.submit(ONCE, "0x01", purpose="liquidate")
+            await mgr.tick(await mine(rpc))
+            assert (await h.wait(5)).state == "mined"
+            h_next = await mgr.submit(SINK, "0x02", purpose="liquidate")  # nonce 1, mined after it
+            await mgr.tick(await mine(rpc))
+            assert (await h_next.wait(5)).state == "mined"
+            rival = signer(1).sign_transaction({
+                "type": 2, "chainId": 31337, "nonce": 0, "to": to_checksum_address(ONCE), "value": 0,
+                "data": "0x01", "gas": 100_000, "maxFeePerGas": 10 * GWEI, "maxPriorityFeePerGas": GWEI,
+            })  # fmt: skip
+            await rpc.call("anvil_reorg", [2, [["0x" + rival.hex(), 0]]])
+            await mgr.tick()
+            assert mgr.stats["orphaned"] == 2
+            first, second = h.reorged, h_next.reorged
+            assert first is not None and second is not None
+            sent_raw = journal.get(h.tx_id).attempts[0].raw_tx
+            assert rpc.sent.count(sent_raw) == 1  # the orphaned liquidation was not sent again
+            await mgr.tick(await mine(rpc))
+            o1, o2 = await first.wait(5), await second.wait(5)
+            assert o1.state == "cancelled" and o1.nonce == 0
+            assert "orphaned by a reorg" in (o1.error or "") and "done by someone else" in (o1.error or "")
+            assert "0xdeadbeef" in (o1.error or "")
+            assert o2.state == "mined" and o2.nonce == 1 and o2.tx_hash == h_next.tx_hash
+            me = signer(0).address
+            assert await canonical_senders(rpc, me) == [(0, "0x"), (1, "0x02")]
+            rows = journal.all(31337, me)
+            assert [r.tx.state for r in rows] == [TxState.MINED, TxState.MINED] and rows[0].tx.cancelled
+            # the work itself was done once, by the rival
+            slot = await rpc.call("eth_getStorageAt", [ONCE, "0x0", "latest"])
+            assert int(slot, 16) == 1
         finally:
             await rpc.close()
 
