@@ -460,7 +460,9 @@ class AnomalyWatch:
         s = self.settings
         op = ORACLE_PRICES.c
         prices: list[Price] = []
-        since = max(self.last_block, head - s.oracle_max_blocks_per_pass)
+        # never below 0: oracle_jumps reads a negative since_block as "the latest return only", which
+        # on a young chain would skip every move made before the first pass
+        since = max(self.last_block, head - s.oracle_max_blocks_per_pass, 0)
         for m in conn.execute(
             select(op.market_id)
             .where(op.chain_id == self.chain_id, op.block_number > since, op.block_number <= head)
@@ -472,12 +474,25 @@ class AnomalyWatch:
                     op.block_number <= head,
                 )
             ).scalar_one()  # fmt: skip
+            # The history is counted in blocks, not rows: a busy block holds one refresh per trade
+            # (measured: 60 in one block of the simulator's setup), which a row limit would cut short.
+            blocks = (
+                conn.execute(
+                    select(op.block_number)
+                    .where(op.chain_id == self.chain_id, op.market_id == m, op.block_number <= head)
+                    .group_by(op.block_number)
+                    .order_by(op.block_number.desc())
+                    .limit(s.oracle_samples + int(new) + 2)
+                )
+                .scalars()
+                .all()
+            )
             rows = conn.execute(
                 select(op.block_number, op.mark_price, op.block_timestamp)
-                .where(op.chain_id == self.chain_id, op.market_id == m, op.block_number <= head)
+                .where(op.chain_id == self.chain_id, op.market_id == m, op.block_number >= min(blocks),
+                       op.block_number <= head)
                 .order_by(op.block_number.desc(), op.log_index.desc())
-                .limit(4 * (s.oracle_samples + int(new) + 2))
-            ).all()
+            ).all()  # fmt: skip
             by_block: dict[int, Price] = {}
             for b, p, ts in rows:  # one price per block: the block's last refresh
                 by_block.setdefault(int(b), Price(int(m), int(b), int(p), ts))

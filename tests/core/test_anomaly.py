@@ -214,3 +214,25 @@ def test_tier_changes_diff_and_user_warnings_seed() -> None:
 
     d = asyncio.run(go())
     assert (A, rm.WarningTier.WARNING) in d.fed
+
+
+def test_first_pass_finds_a_jump_made_before_it_among_busy_blocks(tmp_path: Path) -> None:
+    """Regressions found on anvil: the first pass on a young chain looked at the latest return only,
+    and the history was cut by a row limit while a busy block holds one refresh per trade."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(CHECKPOINTS), [{"chain_id": 1, "deployment_key": "k", "start_block": 1,
+                                            "block_number": 20, "block_hash": "0x1"}])  # fmt: skip
+        # the jump: block 9
+        prices = [2_000, 2_002, 1_999, 2_001, 2_000, 1_998, 2_001, 2_000, 2_150] + [2_150] * 3
+        conn.execute(insert(ORACLE_PRICES), [
+            _row(b + 1, log_index=k, market_id=0, primary_price=p * E, secondary_price=p * E, ema_price=p * E,
+                 mark_price=p * E)
+            for b, p in enumerate(prices) for k in range(60)  # 60 refreshes a block (one per trade)
+        ])  # fmt: skip
+    settings = AnomalySettings(oi_share_bps=0, loop_min_count=0, funding_min_accounts=0)
+    watch = AnomalyWatch(engine, 1, settings, metrics=KeeperMetrics(CollectorRegistry()))
+    flags = asyncio.run(watch.run_once())
+    assert [(f.rule, f.block, f.detail["samples"]) for f in flags] == [("oracle_jump", 9, 7)]
+    engine.dispose()

@@ -1,10 +1,17 @@
 """`keeper run` as an operator runs it: one process indexes, liquidates a crash, publishes and serves
-the page; SIGTERM stops it cleanly; the key appears nowhere in its logs or database."""
+the page; SIGTERM stops it cleanly; the key appears nowhere in its logs or database.
+
+Alerts end to end through the same run, on real receivers (an aiohttp webhook and an aiosmtpd SMTP
+server): a user registers a contact for a short position, the price is pushed through the 150% / 120% /
+110% lines one at a time — one silent message, one push, one push + one email, once per crossing for
+the whole run — and a zeroed oracle raises one untrusted-oracle operator alert (webhook + email).
+Every metric the dashboard shows is checked with its real value after the run, against the chain or
+the database where they say the same thing.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -14,17 +21,26 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from alert_receivers import Inbox, alert_env, receivers, wait_for
 from eth_abi import decode
 from eth_account import Account
 from eth_utils import keccak
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import OperationalError
 
+from keeper.alerts.contacts import Contact, SqlContacts
 from keeper.devchain.simulate import Rpc, simulate, trader_address
+from keeper.indexer.testing import Driver
+from keeper.store.engine import make_engine
 
 KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"  # anvil dev account 3
 FUNDING_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil dev account 4
 ADL_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"  # anvil dev account 5
 TRADERS = 300
 SEED = 5
+USER_EMAIL = "trader@example.com"
+USDC = 10**6
+WAD = 10**18
 
 
 def free_port() -> int:
@@ -50,10 +66,59 @@ def liquidatable(rpc: Rpc, exchange: str) -> list[str]:
     return [a for a, r in zip(addrs, out, strict=True) if r is not None and decode(["bool"], r)[0]]
 
 
+def metric_values(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+    }
+
+
+def open_short(d: Driver, user: str, market: int, notional_usd: int, price_usd: float) -> None:
+    """A certified (professional, 20x) trader: $1,000 deposited, short ``notional_usd`` at 20x."""
+    ex = d.c["Exchange"]
+    d.send_all(
+        [
+            d.tx(d.usdc, "faucet", [user, 1_000 * USDC], user),
+            d.tx(d.usdc, "approve", [ex.address, 2**256 - 1], user),
+            d.tx(ex, "deposit", [1_000 * USDC], user),
+            d.tx(ex, "setEducation", [user, True], d.risk_admin),
+            d.tx(ex, "setCertified", [user, True], d.risk_admin),
+        ]
+    )
+    size = int(notional_usd / price_usd * 1e9) * 10**9
+    d.send(d.trade_tx(user, market, -size, 20))
+
+
+def short_price_for_ratio(d: Driver, user: str, market: int, ratio: float, mmr: float = 0.02) -> int:
+    """Feed answer (8 decimals) putting a one-position SHORT account's margin ratio at ``ratio``:
+    equity c + s (P - e) = ratio x |s| P mmr with s < 0."""
+    ex = d.c["Exchange"]
+    size, entry, _ = ex.functions.positionOf(user, market).call()
+    c = ex.functions.collateralOf(user).call() / USDC
+    s, e = size / WAD, entry / WAD
+    return int((s * e - c) / (s * (1 + ratio * mmr)) * 10**8)
+
+
 def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_path: Path) -> None:
+    with receivers() as inbox:
+        _keeper_run(deployed, tmp_path, inbox)
+
+
+def _keeper_run(deployed: Any, tmp_path: Path, inbox: Inbox) -> None:
     dep = deployed.deployment
     rpc = Rpc(deployed.anvil.url)
     simulate(deployed.w3, dep, "calm", traders=TRADERS, seed=SEED, blocks=3, log=lambda _: None)
+    d = Driver(deployed.w3, dep)
+    btc = next(m.id for m in dep.markets if m.symbol == "BTC")
+    sol = next(m for m in dep.markets if m.symbol == "SOL")
+    user = deployed.w3.eth.accounts[7]
+    btc_price = d.c["OracleHub"].functions.tryMarkPrice(btc).call()[1] / WAD
+    open_short(d, user, btc, 10_000, btc_price)
+    start_balances = {
+        k: int(rpc.call("eth_getBalance", Account.from_key(k).address, "latest"), 16)
+        for k in (KEY, FUNDING_KEY)
+    }
     port, metrics_port = free_port(), free_port()
     db = tmp_path / "keeper.db"
     env = {
@@ -69,6 +134,8 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
         "KEEPER_PRIVATE_KEY": KEY,
         "KEEPER_FUNDING_KEY": FUNDING_KEY,
         "KEEPER_ADL_KEY": ADL_KEY,
+        "KEEPER_WATCH__CHECK_INTERVAL": "1",
+        **alert_env(inbox),
     }
     log_path = tmp_path / "keeper.log"
     with log_path.open("wb") as log:
@@ -81,6 +148,43 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "the page never came up"
             time.sleep(0.3)
+
+        def alive() -> None:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+
+        # A user registers where to be warned (the keeper reads user_contact at each crossing).
+        engine = make_engine(f"sqlite:///{db}", busy_timeout_ms=30_000)
+        hook = f"{inbox.hook_base}/user"
+        contact = Contact(user, webhook_url=hook, webhook_format="telegram", chat_id="42", email=USER_EMAIL)
+        try:
+            for attempt in range(20):  # SQLite: a read upgraded to a write is refused while the keeper writes
+                try:
+                    SqlContacts(engine, dep.chain_id, allow_private=True).set(contact)
+                    break
+                except OperationalError:
+                    assert attempt < 19
+                    time.sleep(0.2)
+        finally:
+            engine.dispose()
+        # One line at a time: WARNING (a silent message), DANGER (a push), LIQUIDATABLE (push + email).
+        lines = [
+            (1.35, "Zanbara: margin warning"),
+            (1.15, "Zanbara: DANGER: close to liquidation"),
+            (1.00, "Zanbara: LIQUIDATABLE: your account can be liquidated now"),
+        ]
+        for n, (ratio, title) in enumerate(lines, start=1):
+            d.set_price(btc, short_price_for_ratio(d, user, btc, ratio))
+            wait_for(f"the user's notice {title!r}", lambda n=n: len(inbox.texts("user")) >= n, 30, alive)
+            assert inbox.texts("user")[n - 1] == title, inbox.texts("user")
+        posts = inbox.posts["user"]
+        assert [p.get("disable_notification", False) for p in posts] == [True, False, False]
+        assert all(p["chat_id"] == "42" and user.lower() in p["text"] for p in posts)
+        wait_for("the user's email", lambda: inbox.subjects(USER_EMAIL), 30, alive)
+        assert inbox.subjects(USER_EMAIL) == [lines[2][1]]
+        exchange = d.c["Exchange"]
+        wait_for(
+            "the user's liquidation", lambda: not exchange.functions.isLiquidatable(user).call(), 30, alive
+        )
 
         simulate(deployed.w3, dep, "crash", traders=TRADERS, seed=SEED, log=lambda _: None)
         deadline = time.monotonic() + 90
@@ -134,14 +238,30 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
             assert tx["from"].lower() == funder
         assert len(settled) == len(dep.markets)  # exactly once per market for the period
 
+        # The operator: SOL's primary feed answers 0 -> one untrusted-oracle alert, webhook and email.
+        sol_alerts = len([t for t in inbox.texts("ops") if t == "[CRITICAL] untrusted oracle (SOL)"])
+        d.send(d.tx(d.c["OracleHub"], "refresh", [sol.id], d.keeper, gas=300_000))  # (a block to read)
+        from keeper.chain.connect import contract
+
+        feed = contract(deployed.w3, "MockAggregator", sol.primary)
+        d.send(d.tx(feed, "setAnswer", [0], d.feed_owner(sol.primary), gas=200_000))
+        wait_for(
+            "the untrusted-oracle alert",
+            lambda: inbox.texts("ops").count("[CRITICAL] untrusted oracle (SOL)") > sol_alerts, 30, alive,
+        )  # fmt: skip
+        d.mine(5)
+        time.sleep(2)  # more blocks, still zero: no second alert (cool-down)
+        assert inbox.texts("ops").count("[CRITICAL] untrusted oracle (SOL)") == sol_alerts + 1
+        assert "[CRITICAL] untrusted oracle (SOL)" in inbox.subjects("ops@example.org")
+        # Once per crossing over the whole run: the crash after the user's liquidation sent nothing more.
+        assert len(inbox.texts("user")) == 3 and inbox.subjects(USER_EMAIL) == [lines[2][1]]
+
         status, body = get(f"http://127.0.0.1:{port}/")
         assert status == 200 and b"Insurance fund" in body
+        time.sleep(1.5)  # one more watch pass on the idle chain (head age, balance)
         status, body = get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200 and b"keeper_" in body
-        # the dashboard's gauges are fed by the running keeper
-        assert b'keeper_pending_transactions{lane="liquidation"}' in body
-        assert re.search(rb'keeper_accounts_by_tier\{tier="healthy"\} [1-9]', body), body[:2000]
-        assert re.search(rb"keeper_events_indexed_total [1-9]", body)
+        check_metrics(metric_values(body), rpc, dep, db, start_balances)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -156,3 +276,62 @@ def test_keeper_run_liquidates_a_crash_and_serves_the_page(deployed: Any, tmp_pa
         assert bare not in logs_text
         for f in tmp_path.glob("keeper.db*"):
             assert bare.encode() not in f.read_bytes().lower()
+
+
+def check_metrics(
+    v: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    rpc: Rpc,
+    dep: Any,
+    db: Path,
+    start_balances: dict[str, int],
+) -> None:
+    """Each metric of the issue's list, with its real value after the run."""
+
+    def m(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        assert key in v, f"{name} {labels} not exported"
+        return v[key]
+
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        checkpoint = conn.execute("select block_number from checkpoints").fetchone()[0]
+        flags = dict(conn.execute("select rule, count(*) from anomaly_flags group by rule").fetchall())
+    latest = rpc.call("eth_getBlockByNumber", "latest", False)
+    head, head_ts = int(latest["number"], 16), int(latest["timestamp"], 16)
+    # chain and index (the chain's time runs ahead of the clock here: the age is negative, and exact)
+    assert abs(m("keeper_head_age_seconds") - (time.time() - head_ts)) < 5
+    assert 0 <= m("keeper_index_lag_blocks") <= 3 and head - checkpoint <= 3
+    assert m("keeper_events_indexed_total") > 1_000 and m("keeper_events_indexed_per_second") > 0
+    # risk: the book's accounts, per tier
+    tiers = {t: m("keeper_accounts_by_tier", tier=t) for t in ("healthy", "notice", "warning", "danger",
+                                                               "liquidatable")}  # fmt: skip
+    assert tiers["healthy"] >= 1 and sum(tiers.values()) >= TRADERS // 2, tiers
+    assert m("keeper_oracle_untrusted", market="SOL") == 1
+    assert m("keeper_oracle_untrusted", market="BTC") == 0 and m("keeper_oracle_untrusted", market="ETH") == 0
+    assert flags.get("oracle_jump", 0) >= 1, flags  # the user's BTC move: far beyond its recent volatility
+    for rule, count in flags.items():
+        assert m("keeper_anomaly_flags_total", rule=rule) == count
+    # execution
+    assert m("keeper_liquidations_total", outcome="sent") >= 1
+    assert (
+        1 <= m("keeper_liquidations_total", outcome="mined") <= m("keeper_liquidations_total", outcome="sent")
+    )
+    assert m("keeper_liquidations_total", outcome="failed") == 0
+    assert m("keeper_liquidations_total", outcome="lost_race") >= 0
+    n = m("keeper_liquidation_latency_blocks_count")
+    assert n >= 2 and m("keeper_liquidation_latency_seconds_count") == n
+    assert 0 <= m("keeper_liquidation_latency_blocks_sum") / n <= 6  # the physical limit is 2-4 blocks
+    assert m("keeper_liquidation_latency_blocks_bucket", le="+Inf") == n
+    assert m("keeper_pending_transactions", lane="liquidation") == 0
+    assert m("keeper_pending_transactions", lane="funding") == 0
+    # gas: what each key paid on chain (they only ever pay gas), to the wei (floats: 1e-9 relative)
+    for lane, key in (("liquidation", KEY), ("funding", FUNDING_KEY)):
+        now = int(rpc.call("eth_getBalance", Account.from_key(key).address, "latest"), 16)
+        paid = start_balances[key] - now
+        assert paid > 0 and abs(m("keeper_gas_spent_wei_total", lane=lane) - paid) <= paid * 1e-9, lane
+        if lane == "liquidation":
+            assert m("keeper_balance_wei") == float(now)
+    assert m("keeper_funding_lateness_seconds_count") >= len(dep.markets)
+    # insurance fund, as published
+    assert m("keeper_fund_balance_usd") > 0 and m("keeper_fund_coverage_ratio") > 0
