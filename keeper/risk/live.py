@@ -14,7 +14,10 @@
 * **Reconciliation**: :meth:`LiveBook.reconcile` compares N accounts' AV and MM with
   ``Exchange.accountSummary`` at the block the book describes; a mismatch is counted
   (``keeper_book_reconcile_mismatches``), logged, and the account is reloaded from the chain (the chain
-  wins).
+  wins). A read at one of the last two blocks is only tentative: anvil answers a call at its latest
+  block from its live state, which already holds the block being mined (a liquidation sent a moment
+  before shows as done "at" the previous block). A mismatch found there is checked again at the same
+  block once the chain is two blocks past it (a settled, historical state) before it counts.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ READ_SOURCE = "readSource(uint256,uint8)"
 POSITION_OF = "positionOf(address,uint256)"
 FEED_TYPES = ("address", "address", "uint64", "uint64", "uint64", "uint64", "uint256", "uint256", "bool")
 SUMMARY_TYPES = ("int256", "int256", "uint256", "uint256", "uint256", "uint8", "uint256", "bool")
+#: A read at a block this far below the head reads a settled state (anvil serves the latest block, and
+#: the one before it while the next is being committed, from its live state).
+SETTLED_DEPTH = 2
+#: Tentative mismatches kept for a second look, at most.
+MAX_SUSPECTS = 1_000
 
 
 def selector(signature: str) -> bytes:
@@ -114,6 +122,8 @@ class LiveStats:
     reconciled: int = 0
     mismatches: int = 0
     untrusted_transitions: int = 0
+    #: near-head reads that disagreed with the book, then agreed at the same block once settled
+    ahead_reads: int = 0
     history: list[tuple[int, int, bool]] = field(default_factory=list)  # (block, market, trusted)
 
 
@@ -152,6 +162,8 @@ class LiveBook:
         self.block_gas_limit = 30_000_000
         self.stats = LiveStats()
         self._rr = itertools.count()
+        #: account -> (block, book AV, book MM): a mismatch read near the head, to check once settled
+        self._suspects: dict[str, tuple[int, int, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ start-up
@@ -483,24 +495,30 @@ class LiveBook:
 
         The marks are read at that same block in the same batch, so the comparison holds whether or not
         the index lags the block the book's marks were read at (it usually lags by a block or more while
-        the chain moves fast: comparing only when both blocks were equal compared nothing then)."""
+        the chain moves fast: comparing only when both blocks were equal compared nothing then). Near the
+        head a mismatch is only a suspect, confirmed by a second read once that block is settled (see the
+        module docstring): the chain's answer there may describe the next block."""
         assert self.book is not None
         if n <= 0 or self.book_block < 0:
             return []
         book = self.book
         pool = [a for a, acct in book.accounts.items() if acct.positions and self.tradable(a)]
-        if not pool:
+        if not pool and not self._suspects:
             return []
+        head = int(await self.rpc.call("eth_blockNumber"), 16)
+        settled = self.book_block <= head - SETTLED_DEPTH
         risky = sorted(pool, key=lambda a: -int(book.tier(a)))[: n // 2]
         start = next(self._rr) * (n - len(risky))
-        rest = [pool[(start + i) % len(pool)] for i in range(n - len(risky))]
+        rest = [pool[(start + i) % len(pool)] for i in range(n - len(risky))] if pool else []
         chosen = list(dict.fromkeys(risky + rest))
+        due = [(a, v) for a, v in self._suspects.items() if v[0] <= head - SETTLED_DEPTH]
         tag = hex(self.book_block)
         calls = [
             self._call(self.oracle, calldata("tryMarkPrice(uint256)", ["uint256"], [m]), tag)
             for m in self.markets
         ]
         calls += [self._call(self.exchange, _summary_call(a), tag) for a in chosen]
+        calls += [self._call(self.exchange, _summary_call(a), hex(v[0])) for a, v in due]
         res = await self.rpc.batch(calls)
         marks: dict[int, int] = {}
         for m, r in zip(self.markets, res[: len(self.markets)], strict=True):
@@ -509,25 +527,49 @@ class LiveBook:
                 if ok:
                     marks[m] = int(mark)
         bad = []
-        for a, r in zip(chosen, res[len(self.markets) :], strict=True):
+        k = len(self.markets)
+        for a, r in zip(chosen, res[k : k + len(chosen)], strict=True):
             acct = book.accounts[a]
             if isinstance(r, RpcError) or any(m not in marks for m in acct.positions):
                 continue  # no valid mark at that block: accountSummary reverts too
             summary = _dec(SUMMARY_TYPES, r)
             mine = rm.account_risk(acct.collateral, acct.positions, marks, book.funding_index, book.mmr_bps)
             self.stats.reconciled += 1
-            if (summary[1], summary[2]) != (mine.value, mine.maintenance_margin):
+            if (summary[1], summary[2]) == (mine.value, mine.maintenance_margin):
+                continue
+            if not settled:
+                if len(self._suspects) < MAX_SUSPECTS:
+                    self._suspects[a] = (self.book_block, mine.value, mine.maintenance_margin)
+                continue
+            bad.append(a)
+            self._mismatch(
+                a, self.book_block, (mine.value, mine.maintenance_margin), (summary[1], summary[2])
+            )
+        for (a, (block, value, mm)), r in zip(due, res[k + len(chosen) :], strict=True):
+            del self._suspects[a]
+            if a in bad or isinstance(r, RpcError):
+                continue  # repaired already, or that block's state is gone (pruned, reorged away)
+            summary = _dec(SUMMARY_TYPES, r)
+            if (summary[1], summary[2]) != (value, mm):
                 bad.append(a)
-                self.stats.mismatches += 1
-                self.metrics.reconcile_mismatches.inc()
-                log.warning(
-                    "reconcile: %s at block %d: book AV %d MM %d, chain AV %d MM %d (chain wins: reloaded)",
-                    a, self.book_block, mine.value, mine.maintenance_margin, summary[1], summary[2],
-                )  # fmt: skip
+                self._mismatch(a, block, (value, mm), (summary[1], summary[2]))
+            else:
+                self.stats.ahead_reads += 1
+                log.debug(
+                    "reconcile: %s at block %d matches once settled (the first read was ahead)", a, block
+                )
         log.debug("reconciled %d accounts at block %d: %d mismatches", len(chosen), self.book_block, len(bad))
-        for a in bad:
+        for a in dict.fromkeys(bad):
             await self.reload_from_chain(a, self.book_block)
         return bad
+
+    def _mismatch(self, a: str, block: int, mine: tuple[int, int], chain: tuple[int, int]) -> None:
+        self.stats.mismatches += 1
+        self.metrics.reconcile_mismatches.inc()
+        log.warning(
+            "reconcile: %s at block %d: book AV %d MM %d, chain AV %d MM %d (chain wins: reloaded)",
+            a, block, mine[0], mine[1], chain[0], chain[1],
+        )  # fmt: skip
 
     async def reload_from_chain(self, address: str, block: int) -> None:
         assert self.book is not None
