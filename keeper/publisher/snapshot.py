@@ -4,7 +4,11 @@ For each new head (polled every ``publisher.poll_interval`` <= 2 s; new number, 
 to a chain of the same height), and at least every ``publisher.max_interval`` (<= 10 s) even when no
 block comes, :meth:`Publisher.publish_once`:
 
-1. takes the head number N (``eth_blockNumber``);
+1. takes the block N = head − ``lag_blocks`` (default 1, in :meth:`Publisher.run`). Not the head
+   itself: a node may answer the head's number while its state is already part-way to the next block
+   — anvil does, while mining and during ``anvil_rollback`` (in a loop of mining and rollbacks, 22
+   reads at the head returned a later block's balance, none one block behind; the crash-day page once
+   showed block 73 stamped with the fund of the rolled-back block 76);
 2. sends ONE JSON-RPC batch: ``eth_getBlockByNumber(N)``, every view below as ``eth_call`` with block tag N,
    and ``eth_getBlockByNumber(N)`` again last — if the two hashes differ (a reorg raced the batch), the
    read is retried at the new head;
@@ -428,8 +432,10 @@ class Publisher:
         whale_top: int = 20,
         whale_salt: str = "zanbara-whales",
         metrics: Any = None,
+        lag_blocks: int = 1,
     ) -> None:
         self.engine = engine
+        self.lag_blocks = lag_blocks
         self.rpc = rpc
         self.deployment = deployment
         self.poll_interval = min(poll_interval, 2.0)
@@ -441,7 +447,7 @@ class Publisher:
         self.whale_salt = whale_salt
         self.metrics = metrics
         self.last_block: int | None = None
-        self.last_hash: str | None = None
+        self._seen_head: tuple[int, str] | None = None
         self.last_time = 0.0
         self.published = 0
 
@@ -459,7 +465,8 @@ class Publisher:
         )  # fmt: skip
 
     async def publish_once(self, block: int | None = None) -> int:
-        """Reads at ``block`` (default: the head) and writes a snapshot; returns its id."""
+        """Reads at ``block`` (default: the head, for one-shot reads where nothing is being mined; the
+        loop of :meth:`run` reads ``lag_blocks`` behind it) and writes a snapshot; returns its id."""
         for attempt in range(3):
             number = block if block is not None else int(await self.rpc.call("eth_blockNumber"), 16)
             try:
@@ -473,7 +480,6 @@ class Publisher:
             whale_interval=self.whale_interval, whale_top=self.whale_top, whale_salt=self.whale_salt,
         )  # fmt: skip
         self.last_block, self.last_time = read.block_number, time.monotonic()
-        self.last_hash = read.block_hash
         self.published += 1
         if self.metrics is not None:
             with contextlib.suppress(Exception):
@@ -490,10 +496,11 @@ class Publisher:
                 # number AND hash: a reorg to a chain of the same height changes the head's hash only;
                 # the page must not stay stamped on the orphaned block until the next one comes
                 latest = await self.rpc.call("eth_getBlockByNumber", ["latest", False])
-                head, head_hash = int(latest["number"], 16), str(latest["hash"])
+                seen = (int(latest["number"], 16), str(latest["hash"]))
                 due = time.monotonic() - self.last_time >= self.max_interval
-                if head != self.last_block or head_hash != self.last_hash or due:
-                    await self.publish_once(head)
+                if seen != self._seen_head or due:
+                    await self.publish_once(max(0, seen[0] - self.lag_blocks))
+                    self._seen_head = seen
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop survives node hiccups; logged, retried
