@@ -5,9 +5,19 @@ For an account holding one market, each warning line (and each hysteresis line) 
 market; these prices sit in one sorted array per market, so a move from p0 to p1 touches exactly the
 accounts with a line in [p0, p1] — its cost follows the crossed accounts, not the book. A line depends
 on the position and collateral, not on the mark, so a price move only re-tiers the crossed accounts
-(their lines stay put). Accounts holding several markets are re-evaluated on any move of one of them
-(their lines in one market shift with the others). Pure: no I/O; fed from the index, checked against
-the chain by the reconciler.
+(their lines stay put).
+
+An account holding several markets has, in market M, a crossing price given the others at their
+marks — but it moves whenever another market moves. Such an account is indexed instead by a *box*: a
+price interval per market it holds, inside which its tier provably cannot change whatever the other
+markets do within theirs. Only the two thresholds that can change its current tier matter (the next
+line down, and its own line + hysteresis up); ``d = AV·BPS − R·MM`` is linear in each price between
+roundings, so its margin to zero (less the rounding's worst case) is split evenly between the k markets
+and each market's interval is where its share is not used up. A move of M re-evaluates exactly the
+accounts whose M interval it leaves (found by bisection on the sorted interval ends), which then get a
+fresh box around the current marks; the others keep their tier, exactly. An account within rounding
+reach of a threshold (no margin left) is re-evaluated on every move of its markets. Pure: no I/O; fed
+from the index, checked against the chain by the reconciler.
 
 Next to the per-account objects the book keeps one column per field of the single-market accounts
 (market, size, entry, collateral − funding owed, tier, version), so that a full recompute of a large
@@ -43,6 +53,9 @@ _LINES_DESC = tuple(line for _, line in reversed(rm.WARNING_LINES_BPS))
 _LINE_OF = {int(t): line for t, line in rm.WARNING_LINES_BPS}
 #: Below this many accounts, Book.rebuild() uses the per-account exact path (no vectorization gain).
 BULK_MIN_ACCOUNTS = 2_000
+#: From this many crossed accounts on, Book.set_mark re-tiers them in one vectorized exact pass.
+VECTOR_MIN = 64
+_TIERS = tuple(rm.WarningTier)
 
 
 def tier_with_hysteresis(previous: rm.WarningTier, account_value: int, mm: int) -> rm.WarningTier:
@@ -110,7 +123,7 @@ class _LineIndex:
     def set_sorted(
         self, prices: npt.NDArray[np.float64], owners: npt.NDArray[np.int64], versions: npt.NDArray[np.int64]
     ) -> None:
-        order = np.argsort(prices, kind="stable")
+        order = np.argsort(prices)  # introsort: ~10x faster than a stable sort here; ties are unordered
         self.prices, self.owners, self.versions = prices[order], owners[order], versions[order]
         self.pending = []
 
@@ -157,8 +170,15 @@ class Book:
         #: lines whose rounding band is too wide for the lookup margin (a dust position, or a line near
         #: price 0), keyed by the highest price the band reaches: re-evaluated on any move below that
         self._fragile: dict[int, _LineIndex] = {m: _LineIndex() for m in mmr_bps}
-        #: accounts re-evaluated on every move of the market: multi-market holders
+        #: multi-market holders of each market (funding settlements re-evaluate them)
         self._multi: dict[int, set[str]] = {m: set() for m in mmr_bps}
+        #: multi-market accounts' boxes: per market, the lower and upper ends of their safe interval
+        self._box_lo: dict[int, _LineIndex] = {m: _LineIndex() for m in mmr_bps}
+        self._box_hi: dict[int, _LineIndex] = {m: _LineIndex() for m in mmr_bps}
+        #: multi-market accounts with no margin left (within rounding of a threshold): every move
+        self._near: dict[int, set[str]] = {m: set() for m in mmr_bps}
+        #: accounts re-evaluated by the last set_mark (crossed lines, left boxes, near): a work count
+        self.last_evaluated = 0
         self._reset_columns(1024)
 
     # ------------------------------------------------------------------ columns
@@ -214,8 +234,11 @@ class Book:
         self.accounts.clear()
         for m in self._multi:
             self._multi[m].clear()
+            self._near[m].clear()
         self._lines = {m: _LineIndex() for m in self.mmr_bps}
         self._fragile = {m: _LineIndex() for m in self.mmr_bps}
+        self._box_lo = {m: _LineIndex() for m in self.mmr_bps}
+        self._box_hi = {m: _LineIndex() for m in self.mmr_bps}
         self._reset_columns(1024)
 
     # ------------------------------------------------------------------ reads
@@ -249,8 +272,11 @@ class Book:
         Shortfall = 110% · MM − AV in collateral units: how far below the line the account is.
         """
         out = []
-        for address, acct in self.accounts.items():
-            if acct.tier is not rm.WarningTier.LIQUIDATABLE:
+        n = len(self._addr)
+        for slot in np.nonzero(self.col_tier[:n] == int(rm.WarningTier.LIQUIDATABLE))[0].tolist():
+            address = self._addr[slot]
+            acct = self.accounts.get(address)
+            if acct is None or acct.tier is not rm.WarningTier.LIQUIDATABLE:
                 continue
             r = self.risk(address)
             if r.is_liquidatable(self.liquidation_bps):
@@ -290,18 +316,49 @@ class Book:
         return changed
 
     def set_mark(self, market: int, price: int) -> set[str]:
-        """Moves a mark; re-evaluates only the accounts whose lines lie in the moved interval (and the
-        multi-market holders of this market). Returns the accounts whose tier changed."""
+        """Moves a mark; re-evaluates only the accounts whose lines lie in the moved interval and the
+        multi-market accounts whose box the move leaves. Returns the accounts whose tier changed."""
         old = self.marks.get(market)
         self.marks[market] = price
         if old is None:
             return self.rebuild()
-        changed = {a for a in self.crossed(market, old, price) if self._retier(a)}
-        changed |= {a for a in list(self._multi[market]) if self._reindex(a)}
+        single = self._crossed_slots(market, old, price)
+        if len(single) >= VECTOR_MIN:
+            changed = self._retier_many(market, single)
+        else:
+            addr = self._addr
+            changed = {addr[s] for s in single.tolist() if self._retier(addr[s])}
+        multi = self.left_boxes(market, old, price)
+        changed |= {a for a in multi if self._reindex(a)}
+        self.last_evaluated = len(single) + len(multi)
         return changed
+
+    def left_boxes(self, market: int, old: int, new: int) -> list[str]:
+        """Multi-market accounts whose interval in ``market`` does not hold ``new`` (it held ``old``),
+        and those with no margin left."""
+        if new == old:
+            return []
+        if new < old:  # a lower end above the new price: lower ends lie in (new, old]
+            owners, versions = self._box_lo[market].between(
+                float(new) * (1 - LINE_MARGIN), float(old) * (1 + LINE_MARGIN)
+            )
+        else:
+            owners, versions = self._box_hi[market].between(
+                float(old) * (1 - LINE_MARGIN), float(new) * (1 + LINE_MARGIN)
+            )
+        out = list(self._near[market])
+        if len(owners):
+            live = np.unique(owners[self.col_version[owners] == versions])
+            addr = self._addr
+            out += [addr[s] for s in live.tolist()]
+        return list(dict.fromkeys(out))
 
     def crossed(self, market: int, old: int, new: int) -> list[str]:
         """Single-market accounts with a (current) line between two prices of ``market``."""
+        addr = self._addr
+        return [addr[s] for s in self._crossed_slots(market, old, new).tolist()]
+
+    def _crossed_slots(self, market: int, old: int, new: int) -> npt.NDArray[np.int64]:
         lo, hi = (old, new) if old <= new else (new, old)
         owners, versions = self._lines[market].between(
             float(lo) * (1 - LINE_MARGIN), float(hi) * (1 + LINE_MARGIN)
@@ -310,10 +367,8 @@ class Book:
         if len(fo):
             owners, versions = np.concatenate([owners, fo]), np.concatenate([versions, fv])
         if not len(owners):
-            return []
-        live = np.unique(owners[self.col_version[owners] == versions])
-        addr = self._addr
-        return [addr[s] for s in live.tolist()]
+            return np.empty(0, np.int64)
+        return np.unique(owners[self.col_version[owners] == versions])
 
     def rebuild(self, fast: bool | None = None) -> set[str]:
         """Full exact recompute of every account's tier and lines; returns the accounts whose tier
@@ -328,11 +383,11 @@ class Book:
         changed = set()
         entries: dict[int, list[tuple[float, int, int]]] = {m: [] for m in self._lines}
         fragile: dict[int, list[tuple[float, int, int]]] = {m: [] for m in self._lines}
-        for m in self._multi:
-            self._multi[m].clear()
+        self._clear_multi()
         for address in self.accounts:
             if self._reindex(address, entries, fragile):
                 changed.add(address)
+        self.compact_boxes()
         for m, e in fragile.items():
             self._fragile[m].set_sorted(
                 np.array([x[0] for x in e], np.float64),
@@ -348,7 +403,36 @@ class Book:
             )
         return changed
 
+    def compact_boxes(self) -> None:
+        """Merges the boxes' pending entries into their sorted arrays (after a rebuild)."""
+        for idx in (*self._box_lo.values(), *self._box_hi.values()):
+            idx.compact(self.col_version)
+
+    def _clear_multi(self) -> None:
+        for m in self._multi:
+            self._multi[m].clear()
+            self._near[m].clear()
+        self._box_lo = {m: _LineIndex() for m in self.mmr_bps}
+        self._box_hi = {m: _LineIndex() for m in self.mmr_bps}
+
     # ------------------------------------------------------------------ internals
+
+    def _retier_many(self, market: int, slots: npt.NDArray[np.int64]) -> set[str]:
+        """:meth:`_retier` of many single-market accounts at once (keeper.risk.bulk's exact float pass)."""
+        from keeper.risk.bulk import single_tiers
+
+        slots = slots[self.col_market[slots] == market]
+        prev = self.col_tier[slots]
+        new, *_ = single_tiers(self, market, slots, prev)
+        diff = np.nonzero(new != prev)[0]
+        moved, tiers = slots[diff], new[diff]
+        self.col_tier[moved] = tiers
+        addr, accounts, out = self._addr, self.accounts, set()
+        for s, t in zip(moved.tolist(), tiers.tolist(), strict=True):
+            a = addr[s]
+            accounts[a].tier = _TIERS[t]
+            out.add(a)
+        return out
 
     def _retier(self, address: str) -> bool:
         """Tier only (a price move: the lines of a single-market account do not move). Inlines
@@ -393,6 +477,7 @@ class Book:
         acct = self.accounts[address]
         for m in self._multi:
             self._multi[m].discard(address)
+            self._near[m].discard(address)
         s = self._write_columns(address, acct)
         if any(m not in self.marks for m in acct.positions):
             return False
@@ -405,6 +490,7 @@ class Book:
         if len(acct.positions) > 1:
             for m in acct.positions:
                 self._multi[m].add(address)
+            self._box(address, acct, r, s, version)
         elif len(acct.positions) == 1:
             ((m, pos),) = acct.positions.items()
             rest_value = r.value - rm.pnl(pos.size, pos.entry_price, self.marks[m])
@@ -429,3 +515,40 @@ class Book:
             if bulk is None and len(self._fragile[m].pending) > _LineIndex.PENDING_MAX:
                 self._fragile[m].compact(self.col_version)
         return acct.tier != previous
+
+    def _box(self, address: str, acct: Account, r: rm.AccountRisk, slot: int, version: int) -> None:
+        """Indexes a multi-market account's box (see the module docstring) around the current marks."""
+        tier = int(acct.tier)
+        k = len(acct.positions)
+        av, mm = r.value, r.maintenance_margin
+        # (threshold, allowed change of d = AV·BPS − R·MM, direction: -1 it may not fall by more, +1 rise)
+        limits = []
+        if tier < int(rm.WarningTier.LIQUIDATABLE):  # the next line down: d must stay >= 0
+            line = _LINE_OF[tier + 1]
+            limits.append((line, av * rm.BPS - line * mm - k * (rm.BPS + line) - 2, -1))
+        if tier > 0:  # its own line + hysteresis: d must stay < 0
+            line = _LINE_OF[tier] + HYSTERESIS_BPS
+            limits.append((line, line * mm - av * rm.BPS - 1 - k * (rm.BPS + line) - 2, 1))
+        if any(room < 0 for _, room, _ in limits):
+            for m in acct.positions:
+                self._near[m].add(address)
+            return
+        for m, pos in acct.positions.items():
+            mark = float(self.marks[m])
+            lo, hi = 0.0, float("inf")
+            size, mmr = float(pos.size), float(self.mmr_bps[m])
+            for line, room, direction in limits:
+                # d per unit of this market's price, between roundings
+                c = (size * rm.BPS - line * abs(size) * mmr / rm.BPS) / 1e30
+                if c == 0:
+                    continue
+                reach = float(room) / k / abs(c)
+                if (c > 0) == (direction < 0):  # d falls (may not) as the price falls: a lower end
+                    lo = max(lo, mark - reach)
+                else:
+                    hi = min(hi, mark + reach)
+            self._box_lo[m].add(lo, slot, version)
+            self._box_hi[m].add(hi, slot, version)
+            for idx in (self._box_lo[m], self._box_hi[m]):
+                if len(idx.pending) > _LineIndex.PENDING_MAX:
+                    idx.compact(self.col_version)

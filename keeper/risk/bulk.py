@@ -23,24 +23,61 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from keeper.risk import math as rm
 
 if TYPE_CHECKING:
     from keeper.risk.book import Book
 
+FloatArray = npt.NDArray[np.float64]
 EPS = 1e-9
 USD_SCALE = 1e30
+
+
+def single_tiers(
+    book: Book, m: int, sel: npt.NDArray[np.int64], prev: npt.NDArray[np.int8]
+) -> tuple[npt.NDArray[np.int8], FloatArray, FloatArray, FloatArray, FloatArray]:
+    """New tiers (hysteresis from ``prev``) of the single-market accounts at slots ``sel`` of market ``m``
+    at its mark: float64 where the sign of every ``AV·BPS − R·MM`` is clear, the exact integers of
+    :mod:`keeper.risk.math` for the accounts near a threshold. Also returns their size, entry, rest and
+    |size| columns (float64)."""
+    from keeper.risk.book import HYSTERESIS_BPS, THRESHOLDS_BPS, tier_with_hysteresis
+
+    bps = float(rm.BPS)
+    size, entry, rest = book.col_size[sel], book.col_entry[sel], book.col_rest[sel]
+    mark, mmr = float(book.marks[m]), float(book.mmr_bps[m])
+    abs_size = np.abs(size)
+    av = rest + size * (mark - entry) / USD_SCALE
+    mm = abs_size * mark * mmr / (USD_SCALE * bps)
+    mag = np.abs(rest) + abs_size * mark / USD_SCALE + abs_size * entry / USD_SCALE
+    near = np.zeros(len(sel), bool)
+    below = {}
+    for r in THRESHOLDS_BPS:
+        d = av * bps - r * mm
+        tol = 4 * bps + 2 * r + EPS * (bps * mag + r * mm)
+        near |= np.abs(d) <= tol
+        below[r] = d < 0
+    raw = np.zeros(len(sel), np.int8)
+    for _, line in rm.WARNING_LINES_BPS:
+        raw += below[line]
+    t = prev.copy()
+    for tier, line in rm.WARNING_LINES_BPS:  # climb down one line at a time, as tier_with_hysteresis
+        t[(t == int(tier)) & ~below[line + HYSTERESIS_BPS]] = int(tier) - 1
+    res = np.maximum(t, raw)
+    addr = book._addr
+    for k in np.nonzero(near)[0].tolist():
+        r_ = book.risk(addr[int(sel[k])])
+        res[k] = int(tier_with_hysteresis(rm.WarningTier(int(prev[k])), r_.value, r_.maintenance_margin))
+    return res, size, entry, rest, abs_size
 
 
 def rebuild(book: Book) -> set[str]:
     from keeper.risk.book import (
         FLAT,
         FRAGILE_REL,
-        HYSTERESIS_BPS,
         MULTI,
         THRESHOLDS_BPS,
-        tier_with_hysteresis,
     )
 
     n = len(book._addr)
@@ -48,8 +85,7 @@ def rebuild(book: Book) -> set[str]:
     mk = book.col_market[:n]
     prev = book.col_tier[:n].copy()
     new = prev.copy()
-    for holders in book._multi.values():
-        holders.clear()
+    book._clear_multi()
     bps = float(rm.BPS)
     top = float(max(THRESHOLDS_BPS))
     for m, idx in book._lines.items():
@@ -58,32 +94,8 @@ def rebuild(book: Book) -> set[str]:
             idx.set_sorted(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
             book._fragile[m].set_sorted(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
             continue  # as the exact path: no tier, no line until the market has a mark
-        size, entry, rest = book.col_size[sel], book.col_entry[sel], book.col_rest[sel]
-        mark, mmr = float(book.marks[m]), float(book.mmr_bps[m])
-        abs_size = np.abs(size)
-        av = rest + size * (mark - entry) / USD_SCALE
-        mm = abs_size * mark * mmr / (USD_SCALE * bps)
-        mag = np.abs(rest) + abs_size * mark / USD_SCALE + abs_size * entry / USD_SCALE
-        near = np.zeros(len(sel), bool)
-        below = {}
-        for r in THRESHOLDS_BPS:
-            d = av * bps - r * mm
-            tol = 4 * bps + 2 * r + EPS * (bps * mag + r * mm)
-            near |= np.abs(d) <= tol
-            below[r] = d < 0
-        raw = np.zeros(len(sel), np.int8)
-        for _, line in rm.WARNING_LINES_BPS:
-            raw += below[line]
-        t = prev[sel]
-        for tier, line in rm.WARNING_LINES_BPS:  # climb down one line at a time, as tier_with_hysteresis
-            t[(t == int(tier)) & ~below[line + HYSTERESIS_BPS]] = int(tier) - 1
-        res = np.maximum(t, raw)
-        for k in np.nonzero(near)[0].tolist():
-            slot = int(sel[k])
-            r_ = book.risk(addr[slot])
-            res[k] = int(
-                tier_with_hysteresis(rm.WarningTier(int(prev[slot])), r_.value, r_.maintenance_margin)
-            )
+        res, size, entry, rest, abs_size = single_tiers(book, m, sel, prev[sel])
+        mmr = float(book.mmr_bps[m])
         new[sel] = res
         book.col_version[sel] += 1
         versions = book.col_version[sel]
@@ -106,9 +118,13 @@ def rebuild(book: Book) -> set[str]:
             prices.append(p[ok])
             owners.append(sel[ok])
             vers.append(versions[ok])
-        idx.set_sorted(np.concatenate(prices), np.concatenate(owners).astype(np.int64), np.concatenate(vers))
+        idx.set_sorted(
+            np.concatenate(prices), np.concatenate(owners).astype(np.int64, copy=False), np.concatenate(vers)
+        )
         book._fragile[m].set_sorted(
-            np.concatenate(f_prices), np.concatenate(f_owners).astype(np.int64), np.concatenate(f_vers)
+            np.concatenate(f_prices),
+            np.concatenate(f_owners).astype(np.int64, copy=False),
+            np.concatenate(f_vers),
         )
     flat = mk == FLAT
     new[flat] = 0
@@ -122,4 +138,5 @@ def rebuild(book: Book) -> set[str]:
     for slot in np.nonzero(mk == MULTI)[0].tolist():
         if book._reindex(addr[slot]):
             changed.add(addr[slot])
+    book.compact_boxes()
     return changed

@@ -3,10 +3,13 @@ account, on random books — accounts placed exactly on (and one unit around) ev
 
 import copy
 import random
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keeper.risk import book as book_module
 from keeper.risk import math as rm
 from keeper.risk.book import THRESHOLDS_BPS, Book, tier_with_hysteresis
 
@@ -85,3 +88,23 @@ def test_fast_rebuild_used_for_large_books() -> None:
     for a, acct in book.accounts.items():
         r = book.risk(a)
         assert acct.tier == tier_with_hysteresis(before[a], r.value, r.maintenance_margin)
+
+
+@pytest.mark.parametrize("vector_min", [1, 10**9], ids=["vectorized", "per-account"])
+def test_set_mark_retier_paths_agree_with_the_integers(vector_min: int, monkeypatch: Any) -> None:
+    """Book.set_mark re-tiers the crossed accounts in one float64 pass (exact near a threshold) or one by
+    one: both give the exact tiers and report exactly the accounts whose tier changed."""
+    monkeypatch.setattr(book_module, "VECTOR_MIN", vector_min)
+    book = _book(5, 1_500)
+    book.rebuild()
+    rng = random.Random(5)
+    for _ in range(30):
+        m = rng.choice([0, 1])
+        price = book.marks[m] * (10_000 + rng.randint(-900, 900)) // 10_000 + rng.randint(-3, 3)
+        before = _tiers(book)
+        changed = book.set_mark(m, price)
+        for a, acct in book.accounts.items():
+            r = book.risk(a)
+            assert acct.tier == tier_with_hysteresis(before[a], r.value, r.maintenance_margin), a
+            assert book.col_tier[book._slot[a]] == int(acct.tier)
+        assert changed == {a for a in book.accounts if book.accounts[a].tier != before[a]}
