@@ -509,8 +509,10 @@ class CrashDay:
                 time.sleep(0.2)
             stop_file.touch()
             codes = {name: p.stop() for name, p in self.procs.items()}
-            self.rpc.call("evm_setAutomine", True)
+            # automine stays off until verified: on, it would mine what the keepers left in the pool
+            # (e.g. a funding settlement) into a block after the last one they indexed
             report = self.verify(fund_before, codes, proxy)
+            self.rpc.call("evm_setAutomine", True)
             report["setup"] = {"traders": cfg.traders, "seed": cfg.seed, "positions_open": sum(sim.positions_open.values()),  # noqa: E501
                                "tiers": sim.tiers, "setup_seconds": round(t_setup, 1)}  # fmt: skip
             report["seconds"] = {"setup": round(t_setup, 1), "ready": round(t_ready, 1),

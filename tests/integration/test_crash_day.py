@@ -24,13 +24,9 @@ from keeper.devchain.crashday import format_report, run_crash_day
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crash_day_support import check_report, crash_day_config  # noqa: E402
 
+pytestmark = pytest.mark.integration
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 8 in progress: the drill runs end to end, but a run can still end with a reverted "
-    "transaction of ours that is not classified as a lost race (after the mid-crash reorg) and with no "
-    "page figure stamped on a canonical block; see the issue note",
-)
+
 def test_crash_day(tmp_path: Path) -> None:
     t0 = time.monotonic()
     report = run_crash_day(
