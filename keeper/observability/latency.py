@@ -13,6 +13,7 @@ liquidatable after a partial liquidation keeps its first trigger block.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,7 +33,6 @@ class LiquidationLatency:
         self.since: dict[str, int] = {}
         #: (trigger block, mined block) waiting for their timestamps
         self.pending: list[tuple[int, int]] = []
-        self.observed: list[tuple[int, float]] = []  # (blocks, seconds), for tests and logs
 
     def seen(self, head: int, accounts: Iterable[str]) -> None:
         """The accounts liquidatable at ``head`` (all of them, in flight or not)."""
@@ -46,23 +46,29 @@ class LiquidationLatency:
         self.pending.append((trigger, block))
 
     async def flush(self, rpc: Any) -> list[tuple[int, float]]:
-        """Reads the blocks' timestamps (one batch) and observes the pending latencies."""
+        """Reads the pending blocks' timestamps (one batch), then :meth:`observe`."""
         if not self.pending:
             return []
-        pending, self.pending = self.pending, []
-        numbers = sorted({b for pair in pending for b in pair})
+        numbers = sorted({b for pair in self.pending for b in pair})
         try:
             got = await rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in numbers])
         except Exception as exc:  # noqa: BLE001 - a metric must never stop the liquidator
             log.warning("liquidation latency: cannot read block timestamps: %s", exc)
             got = [None] * len(numbers)
-        ts = {n: int(b["timestamp"], 16) for n, b in zip(numbers, got, strict=True) if isinstance(b, dict)}
+        return self.observe(
+            {n: int(b["timestamp"], 16) for n, b in zip(numbers, got, strict=True) if isinstance(b, dict)}
+        )
+
+    def observe(self, timestamps: dict[int, int]) -> list[tuple[int, float]]:
+        """Observes every pending latency given the blocks' ``timestamps``; returns them as (blocks,
+        seconds), seconds NaN (and not observed) where a timestamp is missing."""
+        pending, self.pending = self.pending, []
         out = []
         for trigger, block in pending:
-            seconds = float(ts[block] - ts[trigger]) if trigger in ts and block in ts else None
             self.metrics.liquidation_latency_blocks.observe(block - trigger)
-            if seconds is not None:
+            seconds = math.nan
+            if trigger in timestamps and block in timestamps:
+                seconds = float(timestamps[block] - timestamps[trigger])
                 self.metrics.liquidation_latency_seconds.observe(seconds)
-            out.append((block - trigger, seconds if seconds is not None else float("nan")))
-        self.observed += out
+            out.append((block - trigger, seconds))
         return out
