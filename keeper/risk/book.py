@@ -130,6 +130,9 @@ class _LineIndex:
         self.owners: npt.NDArray[np.int64] = np.empty(0, np.int64)
         self.versions: npt.NDArray[np.int64] = np.empty(0, np.int64)
         self.pending: list[tuple[float, int, int]] = []
+        #: entries added in bulk (numpy arrays), unsorted like ``pending``
+        self.chunks: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
+        self.chunked = 0
 
     def set_sorted(
         self, prices: npt.NDArray[np.float64], owners: npt.NDArray[np.int64], versions: npt.NDArray[np.int64]
@@ -137,9 +140,22 @@ class _LineIndex:
         order = np.argsort(prices)  # introsort: ~10x faster than a stable sort here; ties are unordered
         self.prices, self.owners, self.versions = prices[order], owners[order], versions[order]
         self.pending = []
+        self.chunks = []
+        self.chunked = 0
 
     def add(self, price: float, owner: int, version: int) -> None:
         self.pending.append((price, owner, version))
+
+    def add_many(
+        self, prices: npt.NDArray[np.float64], owners: npt.NDArray[np.int64], versions: npt.NDArray[np.int64]
+    ) -> None:
+        if len(prices):
+            self.chunks.append((prices, owners, versions))
+            self.chunked += len(prices)
+
+    @property
+    def unsorted(self) -> int:
+        return len(self.pending) + self.chunked
 
     def between(self, lo: float, hi: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """(owners, versions) of the entries with a price in [lo, hi] (stale versions included)."""
@@ -151,19 +167,27 @@ class _LineIndex:
             if hits:
                 owners = np.concatenate([owners, np.array([h[0] for h in hits], np.int64)])
                 versions = np.concatenate([versions, np.array([h[1] for h in hits], np.int64)])
+        if self.chunks:
+            parts_o, parts_v = [owners], [versions]
+            for p, o, v in self.chunks:
+                hit = (p >= lo) & (p <= hi)
+                parts_o.append(o[hit])
+                parts_v.append(v[hit])
+            owners, versions = np.concatenate(parts_o), np.concatenate(parts_v)
         return owners, versions
 
     def compact(self, current: npt.NDArray[np.int64]) -> None:
         """Merges the pending entries and drops stale ones (``current[slot]`` is the live version)."""
+        ps, os_, vs = [self.prices], [self.owners], [self.versions]
         if self.pending:
-            p = np.array([e[0] for e in self.pending], np.float64)
-            o = np.array([e[1] for e in self.pending], np.int64)
-            v = np.array([e[2] for e in self.pending], np.int64)
-            prices = np.concatenate([self.prices, p])
-            owners = np.concatenate([self.owners, o])
-            versions = np.concatenate([self.versions, v])
-        else:
-            prices, owners, versions = self.prices, self.owners, self.versions
+            ps.append(np.array([e[0] for e in self.pending], np.float64))
+            os_.append(np.array([e[1] for e in self.pending], np.int64))
+            vs.append(np.array([e[2] for e in self.pending], np.int64))
+        for p, o, v in self.chunks:
+            ps.append(p)
+            os_.append(o)
+            vs.append(v)
+        prices, owners, versions = np.concatenate(ps), np.concatenate(os_), np.concatenate(vs)
         live = current[owners] == versions
         self.set_sorted(prices[live], owners[live], versions[live])
 
@@ -173,6 +197,8 @@ class Book:
 
     def __init__(self, mmr_bps: dict[int, int], liquidation_bps: int = 11_000) -> None:
         self.mmr_bps = dict(mmr_bps)
+        self._mids = sorted(mmr_bps)  # market ids, in the row order of the multi-market columns
+        self._mrow = {m: i for i, m in enumerate(self._mids)}
         self.liquidation_bps = liquidation_bps
         self.accounts: dict[str, Account] = {}
         self.marks: dict[int, int] = {}
@@ -203,6 +229,10 @@ class Book:
         self.col_rest = np.zeros(capacity, np.float64)  # collateral − funding owed
         self.col_tier = np.zeros(capacity, np.int8)
         self.col_version = np.zeros(capacity, np.int64)
+        # multi-market accounts: size and entry per market (row = position in self._mids), market count
+        self.col_msize = np.zeros((len(self._mids), capacity), np.float64)
+        self.col_mentry = np.zeros((len(self._mids), capacity), np.float64)
+        self.col_k = np.zeros(capacity, np.int64)
 
     def _slot_of(self, address: str) -> int:
         s = self._slot.get(address)
@@ -217,6 +247,9 @@ class Book:
             self.col_rest = np.resize(self.col_rest, n)
             self.col_tier = np.concatenate([self.col_tier, np.zeros(s, np.int8)])
             self.col_version = np.concatenate([self.col_version, np.zeros(s, np.int64)])
+            self.col_msize = np.concatenate([self.col_msize, np.zeros_like(self.col_msize)], axis=1)
+            self.col_mentry = np.concatenate([self.col_mentry, np.zeros_like(self.col_mentry)], axis=1)
+            self.col_k = np.concatenate([self.col_k, np.zeros(s, np.int64)])
         self._slot[address] = s
         self._addr.append(address)
         return s
@@ -234,6 +267,15 @@ class Book:
             )
         else:
             self.col_market[s] = MULTI if acct.positions else FLAT
+            self.col_k[s] = len(acct.positions)
+            self.col_msize[:, s] = 0.0
+            owed = 0
+            for m, pos in acct.positions.items():
+                row = self._mrow[m]
+                self.col_msize[row, s] = float(pos.size)
+                self.col_mentry[row, s] = float(pos.entry_price)
+                owed += rm.funding_owed(pos.size, pos.entry_funding_index, self.funding_index.get(m, 0))
+            self.col_rest[s] = float(acct.collateral - owed)
         self.col_tier[s] = int(acct.tier)
         return s
 
@@ -340,7 +382,10 @@ class Book:
             addr = self._addr
             changed = {addr[s] for s in single.tolist() if self._retier(addr[s])}
         multi = self.left_boxes(market, old, price)
-        changed |= {a for a in multi if self._reindex(a)}
+        if len(multi) >= VECTOR_MIN:
+            changed |= self._reevaluate_multi(multi)
+        else:
+            changed |= {a for a in multi if self._reindex(a)}
         self.last_evaluated = len(single) + len(multi)
         return changed
 
@@ -427,6 +472,42 @@ class Book:
         self._box_hi = {m: _LineIndex() for m in self.mmr_bps}
 
     # ------------------------------------------------------------------ internals
+
+    def _reevaluate_multi(self, addresses: list[str]) -> set[str]:
+        """:meth:`_reindex` of many multi-market accounts after a move (tier and box), in one float64 pass
+        (keeper.risk.bulk.multi_boxes); the accounts it cannot settle exactly go through ``_reindex``."""
+        from keeper.risk.bulk import multi_boxes
+
+        slot_of = self._slot
+        slots = np.fromiter((slot_of[a] for a in addresses), np.int64, len(addresses))
+        prev = self.col_tier[slots]
+        new, exact, lo, hi = multi_boxes(self, slots, prev)
+        fast = ~exact
+        fs, ft = slots[fast], new[fast]
+        self.col_tier[fs] = ft
+        self.col_version[fs] += 1
+        versions = self.col_version[fs]
+        held = self.col_msize[:, fs] != 0
+        for row, m in enumerate(self._mids):
+            h = held[row]
+            self._box_lo[m].add_many(lo[row][fast][h], fs[h], versions[h])
+            self._box_hi[m].add_many(hi[row][fast][h], fs[h], versions[h])
+        for idx in (*self._box_lo.values(), *self._box_hi.values()):
+            if idx.unsorted > _LineIndex.PENDING_MAX:
+                idx.compact(self.col_version)
+        addr, accounts, out = self._addr, self.accounts, set()
+        settled = [addr[s] for s in fs.tolist()]
+        for near in self._near.values():
+            near.difference_update(settled)
+        for a, t in zip(settled, ft.tolist(), strict=True):
+            acct = accounts[a]
+            if int(acct.tier) != t:
+                acct.tier = _TIERS[t]
+                out.add(a)
+        for s in slots[exact].tolist():
+            if self._reindex(addr[s]):
+                out.add(addr[s])
+        return out
 
     def _retier_many(self, market: int, slots: npt.NDArray[np.int64]) -> set[str]:
         """:meth:`_retier` of many single-market accounts at once (keeper.risk.bulk's exact float pass)."""
@@ -521,9 +602,9 @@ class Book:
                         bulk[m].append((float(p), s, version))
                     else:
                         idx.add(float(p), s, version)
-            if bulk is None and len(idx.pending) > _LineIndex.PENDING_MAX:
+            if bulk is None and idx.unsorted > _LineIndex.PENDING_MAX:
                 idx.compact(self.col_version)
-            if bulk is None and len(self._fragile[m].pending) > _LineIndex.PENDING_MAX:
+            if bulk is None and self._fragile[m].unsorted > _LineIndex.PENDING_MAX:
                 self._fragile[m].compact(self.col_version)
         return acct.tier != previous
 
@@ -561,5 +642,5 @@ class Book:
             self._box_lo[m].add(lo, slot, version)
             self._box_hi[m].add(hi, slot, version)
             for idx in (self._box_lo[m], self._box_hi[m]):
-                if len(idx.pending) > _LineIndex.PENDING_MAX:
+                if idx.unsorted > _LineIndex.PENDING_MAX:
                     idx.compact(self.col_version)

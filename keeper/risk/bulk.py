@@ -72,6 +72,60 @@ def single_tiers(
     return res, size, entry, rest, abs_size
 
 
+def multi_boxes(
+    book: Book, slots: npt.NDArray[np.int64], prev: npt.NDArray[np.int8]
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.bool_], FloatArray, FloatArray]:
+    """New tiers and boxes of the multi-market accounts at ``slots`` (see :mod:`keeper.risk.book`), in
+    float64: (tiers, exact, lo, hi) with lo/hi per market row. ``exact`` marks the accounts whose
+    float answer is not certain (a ``d`` within the float and rounding tolerance of zero, or no margin
+    left for a box): the caller computes those with the integers."""
+    from keeper.risk.book import _LINE_OF, HYSTERESIS_BPS, THRESHOLDS_BPS
+
+    bps = float(rm.BPS)
+    mids = book._mids
+    size, entry = book.col_msize[:, slots], book.col_mentry[:, slots]
+    rest, k = book.col_rest[slots], book.col_k[slots].astype(np.float64)
+    mark = np.array([float(book.marks[m]) for m in mids])[:, None]
+    mmr = np.array([float(book.mmr_bps[m]) for m in mids])[:, None]
+    abs_size = np.abs(size)
+    av = rest + (size * (mark - entry)).sum(axis=0) / USD_SCALE
+    mm = (abs_size * mark * mmr).sum(axis=0) / (USD_SCALE * bps)
+    mag = np.abs(rest) + (abs_size * (mark + np.abs(entry))).sum(axis=0) / USD_SCALE
+    exact = np.zeros(len(slots), bool)
+    below = {}
+    for r in THRESHOLDS_BPS:
+        d = av * bps - r * mm
+        exact |= np.abs(d) <= (k + 1) * (2 * bps + 2 * r) + EPS * (bps * mag + r * mm)
+        below[r] = d < 0
+    raw = np.zeros(len(slots), np.int8)
+    for _, line in rm.WARNING_LINES_BPS:
+        raw += below[line]
+    t = prev.copy()
+    for tier, line in rm.WARNING_LINES_BPS:  # climb down one line at a time, as tier_with_hysteresis
+        t[(t == int(tier)) & ~below[line + HYSTERESIS_BPS]] = int(tier) - 1
+    new = np.maximum(t, raw)
+    # boxes: the next line down (d >= 0 kept) and the own line + hysteresis (d < 0 kept)
+    lines = np.array([_LINE_OF.get(i, 0) for i in range(6)], np.float64)
+    down = lines[np.minimum(new.astype(np.int64) + 1, 5)]  # 0 when liquidatable: no line below
+    up = np.where(new > 0, lines[new.astype(np.int64)] + HYSTERESIS_BPS, 0.0)
+    lo = np.zeros(size.shape)
+    hi = np.full(size.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for thr, sign in ((down, -1.0), (up, 1.0)):
+            active = thr > 0
+            # the margin to zero now, less (twice) the rounding of k markets (the float values against the
+            # integers now, and a move's roundings), less the float error; strict "< 0" for the line up
+            room: FloatArray = sign * (thr * mm - av * bps) - float(sign > 0) - 2 * k * (bps + thr) - 2
+            room = room - EPS * (bps * mag + thr * mm)
+            exact |= active & (room < 0)
+            c = (size * bps - thr * abs_size * mmr / bps) / USD_SCALE
+            reach = np.where(active & (c != 0), room / k / np.abs(c), np.inf)
+            lower = (c > 0) == (sign < 0)  # d falls (may not) / rises (may not) as the price falls
+            lo = np.where(lower, np.maximum(lo, mark - reach), lo)
+            hi = np.where(~lower, np.minimum(hi, mark + reach), hi)
+    return new, exact, lo, hi
+
+
 def rebuild(book: Book) -> set[str]:
     from keeper.risk.book import (
         FLAT,

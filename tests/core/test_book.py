@@ -5,6 +5,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keeper.risk import book as book_module
 from keeper.risk import math as rm
 from keeper.risk.book import HYSTERESIS_BPS, Book, tier_with_hysteresis
 
@@ -113,6 +114,26 @@ def _multi_book(rng: random.Random, n: int) -> Book:
 def test_multi_market_boxes_keep_tiers_exact(seed: int, moves: list[tuple[int, int]]) -> None:
     """Accounts holding 2-3 markets (boxes, not lines): after any sequence of moves of any market, every
     tier equals the exact integer recompute with hysteresis, and only tiers that changed are reported."""
+    _check_multi_moves(seed, moves)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    moves=st.lists(st.tuples(st.integers(0, 2), st.integers(-400, 400)), min_size=1, max_size=15),
+)
+def test_multi_market_vectorized_reevaluation_is_exact(seed: int, moves: list[tuple[int, int]]) -> None:
+    """The same with every re-evaluation of multi-market accounts done by the float64 pass
+    (keeper.risk.bulk.multi_boxes, integers only where the floats are not certain)."""
+    saved = book_module.VECTOR_MIN
+    book_module.VECTOR_MIN = 1
+    try:
+        _check_multi_moves(seed, moves)
+    finally:
+        book_module.VECTOR_MIN = saved
+
+
+def _check_multi_moves(seed: int, moves: list[tuple[int, int]]) -> None:
     rng = random.Random(seed)
     book = _multi_book(rng, 150)
     for market, bp in moves:
