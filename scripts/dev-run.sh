@@ -81,7 +81,9 @@ keeper_pid=$!
 
 echo "dev-run: $KEEPER simulate --scenario calm --forever (Ctrl-C to stop)"
 # setsid: the simulator gets our TERM (not the terminal's INT) so it can restore anvil before it stops.
-setsid "$KEEPER" simulate --scenario calm --forever &
+# It idles while $VAR/simulate.pause exists (`keeper simulate --scenario crash-day --against-running`).
+rm -f "$VAR/simulate.pause" "$VAR/simulate.pause.ack"
+setsid "$KEEPER" simulate --scenario calm --forever --pause-file "$VAR/simulate.pause" &
 sim_pid=$!
 cat <<INFO
 dev-run: running
@@ -90,6 +92,7 @@ dev-run: running
   page       http://127.0.0.1:8080/  (API /api/openapi.json, health /healthz)
   metrics    http://127.0.0.1:9108/metrics
   simulator  pid $sim_pid (calm, 200 traders); other scenarios: .venv/bin/keeper simulate --scenario crash
+  crash day  .venv/bin/keeper simulate --scenario crash-day --against-running (pauses the simulator)
   status     .venv/bin/keeper status
   config     ${KEEPER_CONFIG:-config/dev.toml}
 INFO

@@ -5,7 +5,10 @@ Scenarios: calm (random walk ±0.2%/block with random opens, reductions and depo
 feed stops and chain time passes its heartbeat: the market is Paused), crash-day (the whole keeper's
 worst hour on a throwaway anvil of its own: 2,000 traders by default, the crash with base fee x20, a reorg,
 a failing primary RPC, a competing keeper, the page under load, one SIGKILL; report in
-var/artifacts/crash-day.json; exit code 1 when a check fails). Traders are derived from the
+var/artifacts/crash-day.json; exit code 1 when a check fails; with --against-running, on `make run`'s
+chain and keeper instead: traders seeded, the crash, the gas spike and the reorg there, the report from
+that keeper's database and page, without the parts that need control of the keeper process: RPC
+faults, SIGKILL, competing keeper). Traders are derived from the
 seed; their setup (faucet, deposit, education, certification, warm-up trades to reach junior/senior,
 opening positions up to each tier's leverage) runs once per chain and seed. Orders the contracts reject
 are mined as reverted and counted. --forever keeps trading calmly (+60 s of chain time a block, so
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--traders", type=_positive, metavar="N", help="number of traders (default: 200; crash-day 2000)"
     )
     parser.add_argument(
-        "--seed", type=int, default=1, metavar="N", help="seed of traders and paths (default: 1)"
+        "--seed", type=int, metavar="N", help="seed of traders and paths (default: 1; crash-day 11)"
     )
     parser.add_argument(
         "--blocks", type=_non_negative, metavar="N",
@@ -56,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval", type=float, default=1.0, metavar="SECONDS",
         help="with --forever: wall-clock pause between blocks (default: 1.0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pause-file", type=Path, metavar="PATH",
+        help="with --forever: idle while PATH exists (crash-day --against-running creates it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--against-running", action="store_true",
+        help="crash-day on the running `make run` node (its anvil, keeper, page and database)",
     )  # fmt: skip
     parser.add_argument(
         "--deployments", type=Path, metavar="PATH",
@@ -73,16 +84,35 @@ def run(args: argparse.Namespace) -> int:
     from keeper.chain.connect import connect
     from keeper.chain.deployments import Deployment, default_path
     from keeper.config import load_settings
+    from keeper.devchain.anvil import REPO_ROOT
     from keeper.devchain.simulate import format_summary, simulate
+    from keeper.errors import KeeperError
 
+    if args.against_running and (args.scenario != "crash-day" or args.forever):
+        raise KeeperError("--against-running goes with --scenario crash-day (and not --forever)")
     if args.scenario == "crash-day" and not args.forever:
-        from keeper.devchain.crashday import CrashDayConfig, format_report, run_crash_day
+        args.seed = 11 if args.seed is None else args.seed
+        from keeper.devchain.crashday import (
+            CrashDayConfig,
+            RunningNode,
+            format_report,
+            run_crash_day,
+            run_crash_day_against,
+        )
 
-        report = run_crash_day(CrashDayConfig(traders=args.traders or 2_000, seed=args.seed))
+        if args.against_running:
+            node = RunningNode.from_settings(load_settings(args.config), args.rpc_url, args.deployments)
+            cfg = CrashDayConfig(traders=args.traders or 2_000, seed=args.seed,
+                                 workdir=REPO_ROOT / "var" / "crash-day-running")  # fmt: skip
+            report = run_crash_day_against(node, cfg)
+        else:
+            report = run_crash_day(CrashDayConfig(traders=args.traders or 2_000, seed=args.seed))
         print(format_report(report))
         return 0 if report["ok"] else 1
     if args.traders is None:
         args.traders = 200
+    if args.seed is None:
+        args.seed = 1
     settings = load_settings(args.config)
     path = args.deployments or default_path(settings.chain.deployments_file)
     deployment = Deployment.load(path)
@@ -105,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         risk_admin=risk_admin,
         interval=args.interval,
         log=lambda line: print(line, flush=True),
+        pause_file=args.pause_file,
     )
     print(format_summary(result))
     return 0

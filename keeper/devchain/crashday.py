@@ -47,6 +47,7 @@ from eth_utils import keccak, to_checksum_address
 
 from keeper.devchain.anvil import DEV_KEYS, REPO_ROOT, Anvil, free_port
 from keeper.devchain.simulate import GWEI, Rpc, calldata, simulate, trader_address
+from keeper.errors import KeeperError
 
 #: anvil's public dev accounts: 3 the keeper under test, 4/5 its funding/ADL keys, 6 the competitor.
 KEEPER_KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
@@ -105,6 +106,47 @@ class CrashDayConfig:
     quiet_blocks: int = 3  # blocks with nothing liquidatable and nothing pending before stopping
     load_concurrency: int = 4
     startup_timeout: float = 120.0
+
+
+@dataclass
+class RunningNode:
+    """``make run``'s node as a second terminal sees it (from the keeper's settings): its anvil, its
+    deployment, its page, its database and log, and the pause file its calm simulator honours."""
+
+    rpc_url: str
+    deployments: Path
+    page_url: str
+    db_url: str
+    journal_url: str
+    leak_files: list[Path]
+    pause_file: Path | None
+    risk_admin: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, rpc_url: str | None = None, deployments: Path | None = None
+    ) -> RunningNode:
+        from keeper.chain.deployments import default_path
+
+        db_url = str(settings.database.url)
+        files = [REPO_ROOT / "var" / "keeper.log"]
+        if db_url.startswith("sqlite:///"):
+            db = Path(db_url.removeprefix("sqlite:///"))
+            files += [db, db.with_name(db.name + "-wal")]
+        risk_admin = None
+        if settings.dev.risk_admin_key:
+            with contextlib.suppress(Exception):  # an unusable key: the simulator finds the admin itself
+                risk_admin = str(Account.from_key(settings.dev.risk_admin_key).address)
+        return cls(
+            rpc_url=rpc_url or settings.chain.rpc_urls[0],
+            deployments=deployments or default_path(settings.chain.deployments_file),
+            page_url=f"http://127.0.0.1:{settings.server.port}",
+            db_url=db_url,
+            journal_url=str(settings.executor.journal_url or db_url),
+            leak_files=files,
+            pause_file=REPO_ROOT / "var" / "simulate.pause",
+            risk_admin=risk_admin,
+        )
 
 
 @dataclass
@@ -254,6 +296,8 @@ class CrashDay:
         self.procs: dict[str, Proc] = {}
         self.anvil: Anvil | None = None
         self.unplanned: list[str] = []
+        #: files checked for key leaks besides the drill's own logs and databases
+        self.leak_files: list[Path] = []
 
     # ------------------------------------------------------------------ chain helpers
 
@@ -376,6 +420,9 @@ class CrashDay:
             if old.is_file():
                 old.unlink()
         self.db, self.rival_db = self.work / "keeper.db", self.work / "rival.db"
+        self.db_url = f"sqlite:///{self.db}"
+        self.journal_url = f"sqlite:///{self.db.with_suffix('.journal.db')}"
+        self.keeper_address = str(Account.from_key(KEEPER_KEY).address)
         with contextlib.ExitStack() as stack:
             self.anvil = anvil = stack.enter_context(Anvil(log_path=self.work / "anvil.log"))
             self.anvil_url = anvil.url
@@ -433,73 +480,7 @@ class CrashDay:
             fund_before = self._fund_balance("latest")
 
             # -------- the crash
-            latest = self.rpc.call("eth_getBlockByNumber", "latest", False)
-            self.ts = int(latest["timestamp"], 16)
-            base_fee0 = max(GWEI, int(latest.get("baseFeePerGas", "0x0"), 16))
-            self.rpc.call("evm_setAutomine", False)
-            self.rpc.call("evm_setBlockGasLimit", hex(cfg.block_gas_limit))
-            step = (1.0 - cfg.drop) ** (1.0 / cfg.crash_blocks)
-            path: list[list[float]] = []
-            fees: list[int] = []
-            for i in range(cfg.crash_blocks):
-                path.append([p * step ** (i + 1) for p in prices])
-                fees.append(int(base_fee0 * cfg.base_fee_multiplier ** ((i + 1) / cfg.crash_blocks)))
-            bottom, top_fee = path[-1], fees[-1]
-            outage_until: float | None = None
-            recovered = False
-            next_at = time.monotonic()
-            blocks_mined = 0
-            quiet = 0
-            i = 0
-            while True:
-                crash = i < cfg.crash_blocks
-                time.sleep(max(0.0, next_at - time.monotonic()))
-                next_at = time.monotonic() + cfg.block_interval
-                if i == 0:
-                    proxy.rate_limit = cfg.rate_limit
-                    self.log(f"crash: −{cfg.drop:.0%} over {cfg.crash_blocks} blocks, base fee to ×"
-                             f"{cfg.base_fee_multiplier}, primary RPC answering 429 to {cfg.rate_limit:.0%}")  # fmt: skip # noqa: E501
-                block = self._oracle_block(path[i] if crash else bottom, fees[i] if crash else top_fee)
-                blocks_mined += 1
-                if i == 0:
-                    self.tl.crash_start_block = block
-                if i == cfg.crash_blocks - 1:
-                    self.tl.crash_end_block = block
-                if i == cfg.outage_at:
-                    proxy.kill()
-                    outage_until = time.monotonic() + cfg.outage_seconds
-                    self.tl.outage_start_block = block
-                    self.log(f"block {block}: primary RPC down for {cfg.outage_seconds:g} s")
-                if i == cfg.reorg_at:
-                    self._reorg(path, fees, i)
-                    block = int(self.rpc.call("eth_blockNumber"), 16)
-                    self.tl.reorg_block = block
-                if i == cfg.kill_at:
-                    self.procs["keeper"].kill9()
-                    self.tl.kill_block = block
-                    self.log(f"block {block}: keeper SIGKILLed, restarting")
-                    self.procs["keeper"].start()
-                if outage_until is not None and not recovered and time.monotonic() >= outage_until:
-                    proxy.revive()
-                    proxy.rate_limit = 0.0
-                    recovered = True
-                    self.tl.recovery_block = block + 1
-                    self.log(f"block {block}: primary RPC back (no more 429s)")
-                for name in ("keeper", "rival"):
-                    if not self.procs[name].alive():  # restarted as a supervisor would; a failure
-                        self.unplanned.append(f"{name} died at block {block}: {self.procs[name].tail(400)}")
-                        self.log(f"block {block}: {name} died unexpectedly, restarting")
-                        self.procs[name].start()
-                i += 1
-                if not crash and recovered:
-                    nothing = not self.liq_by_block.get(block) and self._pending() == 0
-                    quiet = quiet + 1 if nothing else 0
-                    if quiet >= cfg.quiet_blocks:
-                        break
-                if i >= cfg.crash_blocks + cfg.max_tail_blocks:
-                    self.log("tail limit reached with accounts still liquidatable")
-                    break
-            self.tl.last_block = int(self.rpc.call("eth_blockNumber"), 16)
+            blocks_mined = self._crash(prices, proxy)
             t_crash = time.monotonic() - t_start - t_ready
             self.log(f"crash over at block {self.tl.last_block} ({blocks_mined} blocks, {t_crash:.1f} s)")
 
@@ -511,7 +492,7 @@ class CrashDay:
             codes = {name: p.stop() for name, p in self.procs.items()}
             # automine stays off until verified: on, it would mine what the keepers left in the pool
             # (e.g. a funding settlement) into a block after the last one they indexed
-            report = self.verify(fund_before, codes, proxy)
+            report = self.verify(fund_before, codes, {**proxy.counts, "answered": proxy.served})
             self.rpc.call("evm_setAutomine", True)
             report["setup"] = {"traders": cfg.traders, "seed": cfg.seed, "positions_open": sum(sim.positions_open.values()),  # noqa: E501
                                "tiers": sim.tiers, "setup_seconds": round(t_setup, 1)}  # fmt: skip
@@ -521,6 +502,248 @@ class CrashDay:
             cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
             cfg.report_path.write_text(json.dumps(report, indent=2, default=str))
         return report
+
+    def _crash(self, prices: Sequence[float], proxy: Any | None) -> int:
+        """The crash and its tail, one block every ``block_interval`` s; returns the blocks mined. With
+        ``proxy`` None (against a running node) there are no RPC faults and no SIGKILL: the keeper is
+        not ours, and the "recovery" is the crash's first block."""
+        cfg = self.cfg
+        latest = self.rpc.call("eth_getBlockByNumber", "latest", False)
+        self.ts = int(latest["timestamp"], 16)
+        base_fee0 = max(GWEI, int(latest.get("baseFeePerGas", "0x0"), 16))
+        self.rpc.call("evm_setAutomine", False)
+        self.rpc.call("evm_setBlockGasLimit", hex(cfg.block_gas_limit))
+        step = (1.0 - cfg.drop) ** (1.0 / cfg.crash_blocks)
+        path: list[list[float]] = []
+        fees: list[int] = []
+        for i in range(cfg.crash_blocks):
+            path.append([p * step ** (i + 1) for p in prices])
+            fees.append(int(base_fee0 * cfg.base_fee_multiplier ** ((i + 1) / cfg.crash_blocks)))
+        bottom, top_fee = path[-1], fees[-1]
+        outage_until: float | None = None
+        recovered = proxy is None
+        next_at = time.monotonic()
+        blocks_mined = 0
+        quiet = 0
+        i = 0
+        while True:
+            crash = i < cfg.crash_blocks
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = time.monotonic() + cfg.block_interval
+            if i == 0:
+                faults = "no RPC faults (the keeper's RPC is its own)" if proxy is None else (
+                    f"primary RPC answering 429 to {cfg.rate_limit:.0%}")  # fmt: skip
+                if proxy is not None:
+                    proxy.rate_limit = cfg.rate_limit
+                self.log(f"crash: −{cfg.drop:.0%} over {cfg.crash_blocks} blocks, base fee to ×"
+                         f"{cfg.base_fee_multiplier}, {faults}")  # fmt: skip
+            block = self._oracle_block(path[i] if crash else bottom, fees[i] if crash else top_fee)
+            blocks_mined += 1
+            if i == 0:
+                self.tl.crash_start_block = block
+                if proxy is None:
+                    self.tl.recovery_block = block
+            if i == cfg.crash_blocks - 1:
+                self.tl.crash_end_block = block
+            if proxy is not None and i == cfg.outage_at:
+                proxy.kill()
+                outage_until = time.monotonic() + cfg.outage_seconds
+                self.tl.outage_start_block = block
+                self.log(f"block {block}: primary RPC down for {cfg.outage_seconds:g} s")
+            if i == cfg.reorg_at:
+                self._reorg(path, fees, i)
+                block = int(self.rpc.call("eth_blockNumber"), 16)
+                self.tl.reorg_block = block
+            if proxy is not None and i == cfg.kill_at:
+                self.procs["keeper"].kill9()
+                self.tl.kill_block = block
+                self.log(f"block {block}: keeper SIGKILLed, restarting")
+                self.procs["keeper"].start()
+            back = outage_until is not None and time.monotonic() >= outage_until
+            if proxy is not None and back and not recovered:
+                proxy.revive()
+                proxy.rate_limit = 0.0
+                recovered = True
+                self.tl.recovery_block = block + 1
+                self.log(f"block {block}: primary RPC back (no more 429s)")
+            for name in ("keeper", "rival"):
+                if name in self.procs and not self.procs[name].alive():  # restarted as a supervisor
+                    # would; counted as a failure
+                    self.unplanned.append(f"{name} died at block {block}: {self.procs[name].tail(400)}")
+                    self.log(f"block {block}: {name} died unexpectedly, restarting")
+                    self.procs[name].start()
+            i += 1
+            if not crash and recovered:
+                nothing = not self.liq_by_block.get(block) and self._pending() == 0
+                quiet = quiet + 1 if nothing else 0
+                if quiet >= cfg.quiet_blocks:
+                    break
+            if i >= cfg.crash_blocks + cfg.max_tail_blocks:
+                self.log("tail limit reached with accounts still liquidatable")
+                break
+        self.tl.last_block = int(self.rpc.call("eth_blockNumber"), 16)
+        return blocks_mined
+
+    # ------------------------------------------------------------------ against a running node
+
+    def run_against(self, node: RunningNode) -> dict[str, Any]:
+        """The crash on ``make run``'s chain, liquidated by ``make run``'s keeper: traders seeded, the
+        crash with the base fee ×20 and the reorg, the page under load; the report read from that
+        keeper's database, journal and page. No fault proxy, SIGKILL or competing keeper: they need
+        control of the keeper process (the standalone drill has them)."""
+        from keeper.chain.connect import connect
+        from keeper.chain.deployments import Deployment
+
+        cfg = self.cfg
+        t_start = time.monotonic()
+        self.work.mkdir(parents=True, exist_ok=True)
+        for old in self.work.glob("*"):
+            if old.is_file():
+                old.unlink()
+        self.rpc = Rpc(node.rpc_url)
+        try:
+            client = str(self.rpc.call("web3_clientVersion"))
+        except Exception as exc:  # noqa: BLE001 - one line for the operator
+            raise KeeperError(f"no node at {node.rpc_url} ({exc}): start it with `make run`") from None
+        if "anvil" not in client.lower():
+            raise KeeperError(f"crash-day needs an anvil dev chain; {node.rpc_url} is {client}")
+        dep = Deployment.load(node.deployments)
+        if int(self.rpc.call("eth_chainId"), 16) != dep.chain_id:
+            raise KeeperError(f"{node.rpc_url} is not chain {dep.chain_id} of {node.deployments}")
+        status = http_get(node.page_url + "/api/insurance-fund")[0]
+        if status != 200:
+            raise KeeperError(f"no keeper page at {node.page_url} (HTTP {status}): is `make run` running?")
+        self.dep, self.dep_path = dep, node.deployments
+        self.anvil_url, self.base = node.rpc_url, node.page_url
+        self.exchange, self.oracle = dep.address("Exchange"), dep.address("OracleHub")
+        self.fund = dep.address("InsuranceFund")
+        self.markets = sorted(dep.markets, key=lambda m: m.id)
+        self.addrs = [trader_address(cfg.seed, i) for i in range(cfg.traders)]
+        self.liq_by_block = {}
+        self.db_url, self.journal_url = node.db_url, node.journal_url
+        self.leak_files = list(node.leak_files)
+        self.keeper_address = self._running_keeper()
+        self.log(
+            f"crash day against the running node {node.rpc_url} (keeper {self.keeper_address}, page "
+            f"{node.page_url}): {cfg.traders} traders (seed {cfg.seed}). Skipped here: the failing primary "
+            "RPC, the SIGKILL and restart, the competing keeper — they need control of the keeper "
+            "process; `keeper simulate --scenario crash-day` (without --against-running) has them"
+        )
+        latest = self.rpc.call("eth_getBlockByNumber", "latest", False)
+        saved = (bool(self.rpc.call("anvil_getAutomine")), int(latest["gasLimit"], 16))
+        stop_file = self.work / "load.stop"
+        report: dict[str, Any]
+        try:
+            self._pause_simulator(node.pause_file)
+            w3 = connect(node.rpc_url, dep.chain_id)
+            sim = simulate(w3, dep, "calm", traders=cfg.traders, seed=cfg.seed, blocks=1,
+                           risk_admin=node.risk_admin, log=lambda m: self.log(f"  {m}"))  # fmt: skip
+            t_setup = time.monotonic() - t_start
+            owner = self.rpc.eth_calls([(self.markets[0].primary, calldata("owner"))])[0]
+            assert owner is not None
+            self.feeder = to_checksum_address(decode(["address"], owner)[0])
+            prices = [
+                decode(["uint80", "int256", "uint256", "uint256", "uint80"], r)[1] / FEED_SCALE  # type: ignore[arg-type]
+                for r in self.rpc.eth_calls([(m.primary, calldata("latestRoundData")) for m in self.markets])
+            ]
+            head = int(self.rpc.call("eth_blockNumber"), 16)
+            self._wait_index(head, cfg.startup_timeout)
+            t_ready = time.monotonic() - t_start
+            self.log(f"the running keeper has indexed the seeded traders (block {head}, {t_ready:.1f} s)")
+            self.procs["load"] = Proc("load", [sys.executable, "-m", "keeper.devchain.crashday", "load",
+                "--base", self.base, "--out", str(self.work / "load.json"), "--stop-file", str(stop_file),
+                "--concurrency", str(cfg.load_concurrency)], dict(os.environ), self.work / "load.log")  # fmt: skip # noqa: E501
+            self.procs["load"].start()
+            fund_before = self._fund_balance("latest")
+            blocks_mined = self._crash(prices, None)
+            t_crash = time.monotonic() - t_start - t_ready
+            self.log(f"crash over at block {self.tl.last_block} ({blocks_mined} blocks, {t_crash:.1f} s)")
+            self._wait_index(self.tl.last_block, 60.0)
+            stop_file.touch()
+            codes = {name: p.stop() for name, p in self.procs.items()}
+            report = self.verify(fund_before, codes, {
+                "skipped": "against the running node: its keeper's RPC is its own (no 429s, no outage)"})  # fmt: skip # noqa: E501
+        finally:
+            stop_file.touch()
+            self._stop_all()
+            with contextlib.suppress(Exception):
+                self.rpc.call("evm_setBlockGasLimit", hex(saved[1]))
+                self.rpc.call("evm_setAutomine", saved[0])
+            if node.pause_file is not None:
+                node.pause_file.unlink(missing_ok=True)
+        report["mode"] = "against-running"
+        report["setup"] = {"traders": cfg.traders, "seed": cfg.seed, "positions_open": sum(sim.positions_open.values()),  # noqa: E501
+                           "tiers": sim.tiers, "setup_seconds": round(t_setup, 1)}  # fmt: skip
+        report["seconds"] = {"setup": round(t_setup, 1), "ready": round(t_ready, 1),
+                             "crash": round(t_crash, 1), "total": round(time.monotonic() - t_start, 1)}  # fmt: skip # noqa: E501
+        if cfg.report_path is not None:
+            cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
+            cfg.report_path.write_text(json.dumps(report, indent=2, default=str))
+        return report
+
+    def _running_keeper(self) -> str:
+        """The running keeper's liquidation sender, from its journal (else dev-run.sh's dev key)."""
+        from sqlalchemy import text
+
+        from keeper.store.engine import make_engine
+
+        engine = make_engine(self.journal_url)
+        try:
+            with engine.connect() as c:
+                row = c.execute(text("select sender from keeper_tx where lane = 'liquidation' "
+                                     "order by id desc limit 1")).first()  # fmt: skip
+                if row is not None:
+                    return str(row[0])
+        except Exception:  # noqa: BLE001 - nothing journaled yet: the table may not exist
+            pass
+        finally:
+            engine.dispose()
+        return str(Account.from_key(KEEPER_KEY).address)
+
+    def _wait_index(self, block: int, timeout: float) -> None:
+        """Waits for the running keeper's index to reach ``block``."""
+        from sqlalchemy import text
+
+        from keeper.store.engine import make_engine
+
+        engine = make_engine(self.db_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                with contextlib.suppress(Exception), engine.connect() as c:
+                    row = c.execute(text("select block_number from checkpoints")).first()
+                    if row is not None and int(row[0]) >= block:
+                        return
+                if time.monotonic() > deadline:
+                    raise KeeperError(
+                        f"the running keeper's index did not reach block {block} in {timeout:g} s "
+                        f"({self.db_url}): is its `keeper run` alive?"
+                    )
+                time.sleep(0.3)
+        finally:
+            engine.dispose()
+
+    def _pause_simulator(self, pause_file: Path | None) -> None:
+        """Pauses ``make run``'s calm simulator (it idles while the pause file exists and says so in
+        ``<pause file>.ack``); refuses to go on when something else keeps mining."""
+        if pause_file is not None:
+            ack = pause_file.with_name(pause_file.name + ".ack")
+            pause_file.parent.mkdir(parents=True, exist_ok=True)
+            pause_file.write_text("crash-day\n")
+            deadline = time.monotonic() + 15
+            while not ack.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if ack.exists():
+                self.log(f"make run's simulator paused ({pause_file})")
+                return
+        h0 = int(self.rpc.call("eth_blockNumber"), 16)
+        time.sleep(3)
+        if int(self.rpc.call("eth_blockNumber"), 16) != h0:
+            raise KeeperError(
+                f"something keeps mining on {self.anvil_url} and did not pause (no {pause_file}.ack): "
+                "stop it first (make run's simulator pauses by itself)"
+            )
+        self.log("no simulator running on the chain: nothing to pause")
 
     def _stop_all(self) -> None:
         for p in self.procs.values():
@@ -571,7 +794,9 @@ class CrashDay:
             f["address"] = address
         return list(self.rpc.call("eth_getLogs", f))
 
-    def verify(self, fund_before: int, codes: dict[str, int | None], proxy: Any) -> dict[str, Any]:
+    def verify(
+        self, fund_before: int, codes: dict[str, int | None], faults: dict[str, Any]
+    ) -> dict[str, Any]:
         from keeper.indexer.target import IndexTarget
         from keeper.indexer.testing import fresh_dump
         from keeper.store.dump import diff_dumps, dump_tables
@@ -579,7 +804,7 @@ class CrashDay:
 
         cfg, tl, rpc = self.cfg, self.tl, self.rpc
         failures: list[str] = []
-        me = Account.from_key(KEEPER_KEY).address.lower()
+        me = self.keeper_address.lower()
         rival = Account.from_key(RIVAL_KEY).address.lower()
 
         # liquidations, per account: first Liquidated event vs crossing block
@@ -683,8 +908,8 @@ class CrashDay:
             failures.append(f"fund: {fund_at_start} + income {income} - payouts {paid_fund} != {fund_after}")
 
         # the database equals a fresh index of the final chain
-        engine = make_engine(f"sqlite:///{self.db}")
-        jengine = make_engine(f"sqlite:///{self.db.with_suffix('.journal.db')}")
+        engine = make_engine(self.db_url)
+        jengine = make_engine(self.journal_url)
         try:
             mine = dump_tables(engine, self.dep.chain_id)
             with jengine.connect() as c:
@@ -734,13 +959,16 @@ class CrashDay:
 
         # the keys: nowhere in logs, databases or page
         leaks = []
-        status, page = http_get(self.base + "/")  # the keeper is stopped: page checked through the samples
-        blobs = [p.log_path for p in self.procs.values()] + list(self.work.glob("*.db*"))
+        # (the drill's own keeper is stopped by now: its page was checked through the load's samples)
+        status, page = http_get(self.base + "/")
+        blobs = [p.log_path for p in self.procs.values()] + list(self.work.glob("*.db*")) + self.leak_files
         for key in KEYS:
             bare = key[2:].lower().encode()
             for f in blobs:
                 if f.exists() and bare in f.read_bytes().lower():
                     leaks.append(f"{key[:6]}… in {f.name}")
+            if bare in page.lower():
+                leaks.append(f"{key[:6]}… in the page")
         if leaks:
             failures.append(f"key leaked: {leaks}")
         for name, code in codes.items():
@@ -800,7 +1028,7 @@ class CrashDay:
                 "lost_races": lost_races,
                 "skipped_batch_entries": skipped_entries,
             },  # fmt: skip
-            "rpc_faults": {**proxy.counts, "answered": proxy.served},
+            "rpc_faults": faults,
             "page": {
                 "requests": sum(load.get("statuses", {}).values()),
                 "served_200": served,
@@ -819,10 +1047,13 @@ def format_report(r: dict[str, Any]) -> str:
     b, a, lat = r["blocks"], r["accounts"], r["blocks_to_liquidation"]
     bd, f, tx, pg = r["bad_debt"], r["fund"], r["transactions"], r["page"]
     usd = lambda x: f"${x / 10**6:,.2f}"  # noqa: E731
+    if r.get("mode") == "against-running":
+        events = f"reorg at #{b['reorg']}; against the running node: no RPC faults, SIGKILL or rival keeper"
+    else:
+        events = (f"outage from #{b['outage_start']}, reorg at #{b['reorg']}, keeper killed at "
+                  f"#{b['keeper_killed']}, RPC back at #{b['rpc_recovered']}")  # fmt: skip
     lines = [
-        f"crash day: {'OK' if r['ok'] else 'FAILED'} — blocks #{b['crash_start']}-#{b['last']} "
-        f"(outage from #{b['outage_start']}, reorg at #{b['reorg']}, keeper killed at #{b['keeper_killed']}, "
-        f"RPC back at #{b['rpc_recovered']})",
+        f"crash day: {'OK' if r['ok'] else 'FAILED'} — blocks #{b['crash_start']}-#{b['last']} ({events})",
         f"  accounts: {a['became_liquidatable']} became liquidatable, {a['liquidated']} liquidated "
         f"({a['liquidation_events']} events: {a['by_keeper']}), {a['still_liquidatable']} left",
         f"  blocks from crossing to liquidation: p50 {lat['p50']}, p99 {lat['p99']}, max {lat['max']}; "
@@ -846,6 +1077,14 @@ def run_crash_day(
 ) -> dict[str, Any]:
     """Runs the crash day (see the module docstring); returns the report (also saved as JSON)."""
     return CrashDay(cfg or CrashDayConfig(), log).run()
+
+
+def run_crash_day_against(
+    node: RunningNode, cfg: CrashDayConfig | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The crash day on ``make run``'s chain and keeper (see :meth:`CrashDay.run_against`)."""
+    cfg = cfg or CrashDayConfig(workdir=REPO_ROOT / "var" / "crash-day-running")
+    return CrashDay(cfg, log).run_against(node)
 
 
 if __name__ == "__main__":

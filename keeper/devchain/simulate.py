@@ -17,6 +17,7 @@ before the traders' orders; traders then act on the chain's state. Orders the co
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import threading
@@ -24,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -654,6 +656,7 @@ class Simulator:
         blocks: int | None = None,
         forever: bool = False,
         interval: float = 1.0,
+        pause_file: Path | None = None,
     ) -> SimResult:
         scenario = sc.get("calm" if forever else scenario_name)
         self._check_chain()
@@ -709,6 +712,8 @@ class Simulator:
                              f"txs {result.txs_sent:,}, reverted {result.reverts:,}")  # fmt: skip
                 if forever:
                     time.sleep(interval)
+                    if pause_file is not None and pause_file.exists():
+                        prices = self._pause(pause_file)
         except KeyboardInterrupt:
             self.log("interrupted: restoring the chain's mining settings")
         finally:
@@ -718,6 +723,21 @@ class Simulator:
         self._summarise(profiles)
         result.seconds = time.monotonic() - t0
         return result
+
+    def _pause(self, pause_file: Path) -> list[float]:
+        """Idles while ``pause_file`` exists (another drill, e.g. crash-day, has the chain), with
+        ``<pause_file>.ack`` saying so; then resumes from the chain's prices and time, not its own."""
+        ack = pause_file.with_name(pause_file.name + ".ack")
+        self.log(f"paused while {pause_file} exists")
+        ack.write_text(str(os.getpid()))
+        try:
+            while pause_file.exists():
+                time.sleep(0.2)
+        finally:
+            ack.unlink(missing_ok=True)
+        self._enter()  # the other drill restored the node's mining settings when it finished
+        self.log("resumed")
+        return self._read_feeds()
 
     def _summarise(self, profiles: Sequence[Profile]) -> None:
         assert self.result is not None
@@ -786,12 +806,13 @@ def simulate(
     risk_admin: str | None = None,
     interval: float = 1.0,
     log: Callable[[str], None] | None = None,
+    pause_file: Path | None = None,
 ) -> SimResult:
     """Runs ``scenario`` with ``traders`` seeded traders; see the module docstring."""
     if traders < 1:
         raise KeeperError("--traders must be at least 1")
     sim = Simulator(w3, deployment, seed=seed, traders=traders, risk_admin=risk_admin, log=log)
-    return sim.run(scenario, blocks=blocks, forever=forever, interval=interval)
+    return sim.run(scenario, blocks=blocks, forever=forever, interval=interval, pause_file=pause_file)
 
 
 def _usd(x: float | None) -> str:
