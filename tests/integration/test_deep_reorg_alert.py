@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -93,6 +94,10 @@ def test_deep_reorg_alerts_the_operator_then_stops(deployed: Any, tmp_path: Path
             assert f"indexer.reorg_window = {WINDOW}" in lines[-1]
             assert sum(ln.startswith("error:") for ln in lines) == 1
             assert "Traceback" not in output
+            if name == "run":  # --no-<part> leaves the part out (funding included)
+                line = next(ln for ln in lines if "leader parts running: " in ln)
+                parts = set(re.findall(r"[a-z]+", line.split("leader parts running: ")[1]))
+                assert {"index", "liquidate"} <= parts and not {"funding", "publish"} & parts, line
             # the alert went out before the exit (once), by webhook and by email
             new = inbox.texts("ops")[before:]
             assert [t for t in new if "deep reorg" in t] == ["[CRITICAL] deep reorg"], new
