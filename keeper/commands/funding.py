@@ -38,6 +38,15 @@ def _pct(rate_wad: int) -> str:
     return f"{rate_wad / 10**16:+.5f}%/h"
 
 
+_WAD_FIELDS = ("last_rate", "predicted_rate", "index", "keeper_index", "keeper_predicted_rate",
+               "keeper_predicted_index")  # fmt: skip
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Rates and indexes are 18-decimal integers beyond JSON's safe range: exact decimal strings."""
+    return {k: (str(v) if k in _WAD_FIELDS and v is not None else v) for k, v in row.items()}
+
+
 def _when(ts: int, now: int) -> str:
     iso = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
     d = ts - now
@@ -114,7 +123,7 @@ async def _main(args: argparse.Namespace, settings: Any) -> int:
                         await asyncio.sleep(0.5)
             rows, now = await show({r.market_id: r.action for r in results})
             if args.json:
-                print(orjson.dumps({"chain_time": now, "markets": rows}).decode())
+                print(orjson.dumps({"chain_time": now, "markets": [_json_row(r) for r in rows]}).decode())
             else:
                 print(f"chain time {_when(now, now).split(' (')[0]}")
                 print(_table(rows, now))
