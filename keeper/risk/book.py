@@ -223,6 +223,7 @@ class Book:
     def _reset_columns(self, capacity: int) -> None:
         self._slot: dict[str, int] = {}
         self._addr: list[str] = []
+        self._objs: list[Account] = []  # the Account of each slot (hot loops skip the dict lookup)
         self.col_market = np.full(capacity, FLAT, np.int64)
         self.col_size = np.zeros(capacity, np.float64)
         self.col_entry = np.zeros(capacity, np.float64)
@@ -234,9 +235,10 @@ class Book:
         self.col_mentry = np.zeros((len(self._mids), capacity), np.float64)
         self.col_k = np.zeros(capacity, np.int64)
 
-    def _slot_of(self, address: str) -> int:
+    def _slot_of(self, address: str, acct: Account) -> int:
         s = self._slot.get(address)
         if s is not None:
+            self._objs[s] = acct
             return s
         s = len(self._addr)
         if s == len(self.col_market):
@@ -252,10 +254,11 @@ class Book:
             self.col_k = np.concatenate([self.col_k, np.zeros(s, np.int64)])
         self._slot[address] = s
         self._addr.append(address)
+        self._objs.append(acct)
         return s
 
     def _write_columns(self, address: str, acct: Account) -> int:
-        s = self._slot_of(address)
+        s = self._slot_of(address, acct)
         if len(acct.positions) == 1:
             ((m, pos),) = acct.positions.items()
             self.col_market[s] = m
@@ -519,12 +522,11 @@ class Book:
         diff = np.nonzero(new != prev)[0]
         moved, tiers = slots[diff], new[diff]
         self.col_tier[moved] = tiers
-        addr, accounts, out = self._addr, self.accounts, set()
-        for s, t in zip(moved.tolist(), tiers.tolist(), strict=True):
-            a = addr[s]
-            accounts[a].tier = _TIERS[t]
-            out.add(a)
-        return out
+        objs, moved_l = self._objs, moved.tolist()
+        for s, t in zip(moved_l, tiers.tolist(), strict=True):
+            objs[s].tier = _TIERS[t]
+        addr = self._addr
+        return {addr[s] for s in moved_l}
 
     def _retier(self, address: str) -> bool:
         """Tier only (a price move: the lines of a single-market account do not move). Inlines

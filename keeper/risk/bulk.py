@@ -128,6 +128,7 @@ def multi_boxes(
 
 def rebuild(book: Book) -> set[str]:
     from keeper.risk.book import (
+        _TIERS,
         FLAT,
         FRAGILE_REL,
         MULTI,
@@ -187,7 +188,7 @@ def rebuild(book: Book) -> set[str]:
     book.col_tier[:n] = new
     for slot in np.nonzero((new != prev) & (mk != MULTI))[0].tolist():
         a = addr[slot]
-        book.accounts[a].tier = rm.WarningTier(int(new[slot]))
+        book._objs[slot].tier = _TIERS[int(new[slot])]
         changed.add(a)
     for slot in np.nonzero(mk == MULTI)[0].tolist():
         if book._reindex(addr[slot]):
