@@ -131,6 +131,48 @@ def worker_raw(rpc: str, start: int, head: int, span: int) -> dict[str, Any]:
     return {"events": n, "seconds": dt, "bytes": size, "per_range": per_range, "rss_mb": _maxrss_mb()}
 
 
+class ChildrenRss:
+    """Peak of the summed RSS of this process's descendants (decode workers), sampled every 50 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ChildrenRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.05):
+            procs: dict[int, tuple[int, float]] = {}  # pid -> (parent, RSS MB)
+            for d in Path("/proc").iterdir():
+                if not d.name.isdigit():
+                    continue
+                try:
+                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    rss = 0.0
+                    for line in (d / "status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            rss = int(line.split()[1]) / 1024.0
+                    procs[int(d.name)] = (ppid, rss)
+                except (OSError, IndexError, ValueError):
+                    continue
+            mine, grew = {me}, True
+            while grew:  # descendants: the forkserver and the workers it forked
+                new = {p for p, (pp, _) in procs.items() if pp in mine and p not in mine}
+                mine |= new
+                grew = bool(new)
+            self.peak_mb = max(self.peak_mb, sum(procs[p][1] for p in mine - {me} if p in procs))
+
+
 def worker_index(rpc: str, db_url: str, deployment: str, confirmations: int = 0) -> dict[str, Any]:
     os.environ.update(
         KEEPER_CONFIG=str(CACHE / "none.toml"),
@@ -147,9 +189,12 @@ def worker_index(rpc: str, db_url: str, deployment: str, confirmations: int = 0)
     engine = open_database(settings, migrate=True)  # the schema first: not part of the timing
     engine.dispose()
     rss0 = _maxrss_mb()
+    cpu0 = time.process_time()
     t0 = time.monotonic()
-    cp = run_index(settings, until_head=True, progress=False)
+    with ChildrenRss() as children:
+        cp = run_index(settings, until_head=True, progress=False)
     dt = time.monotonic() - t0
+    cpu = time.process_time() - cpu0
     assert cp is not None
     from sqlalchemy import func, select
 
@@ -163,6 +208,8 @@ def worker_index(rpc: str, db_url: str, deployment: str, confirmations: int = 0)
         "rss_mb": _maxrss_mb(),
         "rss_before_mb": rss0,
         "checkpoint": cp.number,
+        "cpu_seconds": cpu,  # this process only (the writer), not its decode workers
+        "workers_rss_mb": children.peak_mb,  # the decode workers together (forkserver included), sampled
     }
 
 
@@ -260,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default="sqlite,postgres")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached chain")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--skip", default="", help="comma-separated runs to leave out while iterating: d, e")
     args = p.parse_args(argv)
 
     from keeper.chain.deployments import Deployment
@@ -276,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     start = int(dep.deployment_block)
     results: dict[str, dict[str, Any]] = {}
     t_load = time.monotonic()
-    with Anvil(extra_args=["--gas-limit", GAS_LIMIT, "--load-state", str(folder / "state.json")]) as node:
+    load = ["--gas-limit", GAS_LIMIT, "--load-state", str(folder / "state.json")]
+    with Anvil(extra_args=load, startup_timeout=180) as node:  # ~1 GB of state: slow on a busy machine
         from web3 import Web3
 
         head = Web3(Web3.HTTPProvider(node.url)).eth.block_number
@@ -316,27 +365,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['events']:,} events in {r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
                 flush=True,
             )
+        skip = {k.strip() for k in args.skip.split(",") if k.strip()}
         naive_db = CACHE / "db" / "naive.sqlite"
         naive_db.parent.mkdir(parents=True, exist_ok=True)
         naive_db.unlink(missing_ok=True)
-        r = run_worker(
-            "_naive",
-            env,
-            rpc=node.url,
-            db_path=str(naive_db),
-            deployment=deployment,
-            start=start,
-            stop=naive_stop,
-            span=args.raw_span,
+        r = (
+            {}
+            if "d" in skip
+            else run_worker(
+                "_naive",
+                env,
+                rpc=node.url,
+                db_path=str(naive_db),
+                deployment=deployment,
+                start=start,
+                stop=naive_stop,
+                span=args.raw_span,
+            )
         )
         naive_db.unlink(missing_ok=True)
-        results["d_naive"] = r
-        print(
-            f"(d) web3.py naive: {r['events']:,} events (blocks {start}..{naive_stop}) "
-            f"in {r['seconds']:.2f} s",
-            flush=True,
-        )
-        if mid_block is not None:
+        if r:
+            results["d_naive"] = r
+            print(
+                f"(d) web3.py naive: {r['events']:,} events (blocks {start}..{naive_stop}) "
+                f"in {r['seconds']:.2f} s",
+                flush=True,
+            )
+        if mid_block is not None and "e" not in skip:
             with throwaway_database("sqlite", CACHE / "db") as url:
                 r = run_worker(
                     "_index",

@@ -60,6 +60,12 @@ class IndexerSettings(BaseModel):
     pipeline_depth: int = Field(default=1, ge=1)
     #: eth_getLogs ranges grow while their answers stay below this many logs.
     target_logs: int = Field(default=5_000, ge=1)
+    #: eth_getLogs queries in flight at once during a catch-up (their answers are decoded as they come).
+    fetch_concurrency: int = Field(default=3, ge=1)
+    #: Processes that parse and decode log answers during a backfill (0: a thread of the keeper).
+    decode_workers: int = Field(default=2, ge=0)
+    #: A catch-up of at least this many blocks uses the decode workers (the live tail does not).
+    workers_from_blocks: int = Field(default=256, ge=1)
     #: Wake the poller on newHeads from chain.ws_url (polling goes on regardless).
     use_ws: bool = True
 

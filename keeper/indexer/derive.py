@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, delete, or_, select, tuple_
@@ -31,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from keeper.indexer.decode import EventDecoder
 from keeper.indexer.records import LogRecord
-from keeper.store.bulk import bulk_insert
+from keeper.store.bulk import insert_wire, upsert_rows, wire_columns, wire_converters
 from keeper.store.models import (
     ACCOUNTS,
     ADL_EVENTS,
@@ -56,7 +57,7 @@ DEFAULT_FUNDING_PERIOD = 3_600  # Exchange constructor's params.fundingPeriod
 CHUNK = 500
 
 EventKey = tuple[str, str]  # (contract, event name)
-Handler = Callable[[LogRecord, "Context"], dict[str, Any]]
+Handler = Callable[[LogRecord, "Context | None"], dict[str, Any]]
 
 
 # ------------------------------------------------------------------------------------------ specs
@@ -168,10 +169,26 @@ def _oi_delta(side: Callable[[int], int]) -> Callable[[LogRecord], int]:
     return contribution
 
 
-def _listing_period(ev: LogRecord, ctx: Context) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ListingPeriod:
+    """A listing's funding period, to compute where the database is at hand (folds run without it)."""
+
+    block_number: int
+    log_index: int
+    block_timestamp: int
+
+    def resolve(self, ctx: Context) -> int:
+        ref = LogRecord(
+            self.block_number, "", self.block_timestamp, "", 0, self.log_index, "", None, None, {}
+        )
+        return self.block_timestamp // ctx.funding_period_before(ref)
+
+
+def _listing_period(ev: LogRecord, ctx: Context | None) -> dict[str, Any]:
     if ev.block_timestamp is None:
         raise ValueError(f"MarketListed at block {ev.block_number} without a block timestamp")
-    return {"last_funding_period": ev.block_timestamp // ctx.funding_period_before(ev)}
+    pending = ListingPeriod(ev.block_number, ev.log_index, ev.block_timestamp)
+    return {"last_funding_period": pending if ctx is None else pending.resolve(ctx)}
 
 
 def _income(kind: int) -> Callable[[LogRecord], int]:
@@ -550,9 +567,29 @@ PROJECTIONS: dict[EventKey, Projection] = {
 
 
 @dataclass
-class _Touch:
-    set: dict[str, Any] = field(default_factory=dict)
-    add: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+class Folded:
+    """A range's effect on the derived tables, computed without the database (picklable).
+
+    ``appends``: history table -> wire rows (:func:`keeper.store.bulk.to_wire`, columns
+    :func:`keeper.store.bulk.wire_columns`); ``touches``: current-state table -> key -> (columns set by
+    the key's latest events, sum contributions).
+    """
+
+    appends: dict[str, list[tuple[Any, ...]]]
+    touches: dict[str, dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, int]]]]
+
+
+_WIRE: dict[str, tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]] = {}
+
+
+def _wire_of(table: Table) -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
+    """A history table's wire columns and the (position, converter) pairs of those that need one."""
+    w = _WIRE.get(table.name)
+    if w is None:
+        names = wire_columns(table)
+        convs = [(i, f) for i, f in enumerate(wire_converters(table, names)) if f is not None]
+        w = _WIRE[table.name] = (names, convs)
+    return w
 
 
 class Deriver:
@@ -604,9 +641,12 @@ class Deriver:
 
     def apply(self, conn: Connection, chain_id: int, records: Iterable[LogRecord]) -> None:
         """Folds ``records`` (in chain order, already inserted into ``events``) onto the derived tables."""
-        ctx = Context(conn, chain_id)
-        touched: dict[str, dict[tuple[Any, ...], _Touch]] = defaultdict(dict)
-        appends: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.apply_folded(conn, chain_id, self.fold(chain_id, records))
+
+    def fold(self, chain_id: int, records: Iterable[LogRecord]) -> Folded:
+        """What ``records`` (in chain order) do to the derived tables; no database needed (workers)."""
+        touched: dict[str, dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, int]]]] = {}
+        appends: dict[str, list[tuple[Any, ...]]] = {}
         for ev in records:
             if ev.event_name is None or ev.contract is None:
                 continue
@@ -615,43 +655,61 @@ class Deriver:
             if proj is not None:
                 row = proj.row(ev)
                 row.update(_ref(chain_id, ev))
-                appends[proj.table.name].append(row)
+                names, convs = _wire_of(proj.table)
+                values = [row[n] for n in names]
+                for i, f in convs:
+                    values[i] = f(values[i])
+                appends.setdefault(proj.table.name, []).append(tuple(values))
             for ts, groups, sums in self._routes.get(ek, ()):
                 key = ts.key(ev)
-                t = touched[ts.table.name].get(key)
+                by_key = touched.setdefault(ts.table.name, {})
+                t = by_key.get(key)
                 if t is None:
-                    t = touched[ts.table.name][key] = _Touch()
+                    t = by_key[key] = ({}, {})
                 for _g, handler in groups:
-                    t.set.update(handler(ev, ctx))
+                    t[0].update(handler(ev, None))
                 for s, fn in sums:
                     v = fn(ev)
                     if v:
-                        t.add[s.column] += v
+                        t[1][s.column] = t[1].get(s.column, 0) + v
+        return Folded(appends, touched)
+
+    def apply_folded(self, conn: Connection, chain_id: int, folded: Folded) -> None:
+        """Writes a :meth:`fold` result onto the current rows (cached or read back) and the histories."""
+        ctx = Context(conn, chain_id)
         self._pending = {}
         for ts in self.tables:
-            keys = touched.get(ts.table.name)
-            if keys:
-                cache = self._cache.get((chain_id, ts.table.name), {})
-                existing = {k: cache[k] for k in keys if k in cache}
-                missing = [k for k in keys if k not in existing]
-                if missing:
-                    existing.update(self._load(conn, chain_id, ts, missing))
-                pending = self._pending[(chain_id, ts.table.name)] = {}
-                rows = []
-                for key, t in keys.items():
-                    old_row = existing.get(key)
-                    row = dict(old_row) if old_row is not None else ts.defaults()
-                    row.update(t.set)
-                    for col, v in t.add.items():
-                        row[col] += v
+            keys = folded.touches.get(ts.table.name)
+            if not keys:
+                continue
+            cache = self._cache.get((chain_id, ts.table.name), {})
+            existing = {k: cache[k] for k in keys if k in cache}
+            missing = [k for k in keys if k not in existing]
+            if missing:
+                existing.update(self._load(conn, chain_id, ts, missing))
+            pending = self._pending[(chain_id, ts.table.name)] = {}
+            names = ["chain_id", *ts.key_cols]
+            names += [c.name for c in ts.table.columns if c.name not in names]
+            get = itemgetter(*names)
+            rows = []
+            for key, (sets, adds) in keys.items():
+                old_row = existing.get(key)
+                if old_row is None:
+                    row = ts.defaults()
                     row.update(_key_dict(chain_id, ts, key))
-                    rows.append(row)
-                    pending[key] = row
-                self._upsert(conn, ts, rows)
+                else:
+                    row = old_row.copy()
+                for col, v in sets.items():
+                    row[col] = v.resolve(ctx) if isinstance(v, ListingPeriod) else v
+                for col, n in adds.items():
+                    row[col] += n
+                pending[key] = row
+                rows.append(get(row))
+            upsert_rows(conn, ts.table, names[: 1 + len(ts.key_cols)], names, rows)
         for proj_table in APPEND_ONLY:
-            new_rows = appends.get(proj_table.name)
+            new_rows = folded.appends.get(proj_table.name)
             if new_rows:
-                bulk_insert(conn, proj_table, new_rows)
+                insert_wire(conn, proj_table, _wire_of(proj_table)[0], new_rows)
 
     # ---------------------------------------------------------------------------------- rollback
 

@@ -286,8 +286,11 @@ class RpcClient:
         self._id += 1
         return self._id
 
-    async def _post(self, payload: Any) -> Any:
-        """One HTTP round trip; TransportError on anything but a parsable JSON answer."""
+    async def _post(self, payload: Any, *, raw_ok: bool = False) -> Any:
+        """One HTTP round trip; TransportError on anything but a parsable JSON answer.
+
+        ``raw_ok``: a 200 answer is returned as bytes, unparsed (the caller parses it elsewhere).
+        """
         body = orjson.dumps(payload)
         await self.limiter.acquire()
         i = self._pick()
@@ -315,6 +318,8 @@ class RpcClient:
             raise TransportError(f"truncated answer from {self.url}: {exc}", malformed=True) from None
         except aiohttp.ClientError as exc:
             raise TransportError(f"{type(exc).__name__} from {self.url}: {exc}") from None
+        if raw_ok:
+            return raw
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -322,12 +327,12 @@ class RpcClient:
                 f"malformed JSON from {self.url} ({len(raw)} bytes)", malformed=True
             ) from None
 
-    async def _with_retries(self, payload: Any, *, retry_malformed: bool = True) -> Any:
+    async def _with_retries(self, payload: Any, *, retry_malformed: bool = True, raw_ok: bool = False) -> Any:
         attempt = 0
         limited = 0
         while True:
             try:
-                return await self._post(payload)
+                return await self._post(payload, raw_ok=raw_ok)
             except TransportError as exc:
                 if exc.status == 429:  # rate limited: pause everyone, retry the same URL
                     limited += 1
@@ -450,6 +455,21 @@ class RpcClient:
                 f"eth_getLogs answered {type(result).__name__}, not a list: shrinking the range"
             )
         return result
+
+    async def get_logs_raw(self, from_block: int, to_block: int, addresses: Sequence[str]) -> Any:
+        """``eth_getLogs`` over [from_block, to_block]: the HTTP 200 answer's bytes, unparsed (a
+        decode worker parses them: :func:`keeper.indexer.prepare.prepare_raw`), or a parsed non-200
+        JSON-RPC answer. Transport failures raise as in :meth:`get_logs` (RangeTooLarge when the node
+        asks for less)."""
+        params = [{"fromBlock": hex(from_block), "toBlock": hex(to_block), "address": list(addresses)}]
+        payload = {"jsonrpc": "2.0", "id": self._next_id(), "method": "eth_getLogs", "params": params}
+        try:
+            return await self._with_retries(payload, retry_malformed=False, raw_ok=True)
+        except TransportError as exc:
+            rng = classify_range_error(exc)
+            if rng is not None:
+                raise rng from None
+            raise
 
 
 class MissingBlock(TransportError):

@@ -25,9 +25,13 @@ The tip check runs at start-up too, so a reorg that happened while the keeper wa
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +39,7 @@ import aiohttp
 import orjson
 
 from keeper.errors import KeeperError
+from keeper.indexer.derive import Deriver
 from keeper.indexer.fetch import (
     AdaptiveRange,
     MissingBlock,
@@ -43,7 +48,9 @@ from keeper.indexer.fetch import (
     RpcError,
     RpcUnavailable,
     TransportError,
+    classify_range_error,
 )
+from keeper.indexer.prepare import Prepared, RawFailure, prepare_raw, warm_up, watch_parent
 from keeper.indexer.progress import Progress
 from keeper.indexer.records import BlockHeader
 from keeper.indexer.writer import ChainChanged, CheckpointState, FetchedRange, IndexStore
@@ -64,6 +71,12 @@ class SyncOptions:
     min_range: int = 1
     max_range: int = 100_000
     pipeline_depth: int = 1
+    #: log queries in flight at once (each range's answer is parsed and decoded as it arrives)
+    fetch_concurrency: int = 3
+    #: processes that parse, decode and fold ranges during a backfill (0: threads only)
+    decode_workers: int = 2
+    #: a catch-up of at least this many blocks uses the decode workers (the live tail does not)
+    workers_from_blocks: int = 256
     target_logs: int = 5_000
     #: span of the first range of a run: the chain's density is unknown until then, and a dense chain
     #: must not arrive as one huge answer (memory); :class:`AdaptiveRange` grows it from there.
@@ -81,6 +94,9 @@ class SyncOptions:
             pipeline_depth=getattr(s, "pipeline_depth", 1),
             target_logs=getattr(s, "target_logs", 5_000),
             first_range=getattr(s, "first_range", 16),
+            fetch_concurrency=getattr(s, "fetch_concurrency", 3),
+            decode_workers=getattr(s, "decode_workers", 2),
+            workers_from_blocks=getattr(s, "workers_from_blocks", 256),
         )
 
 
@@ -121,6 +137,8 @@ class Indexer:
         )
         self.cp: CheckpointState | None = None
         self.stats = SyncStats()
+        self._pool: ProcessPoolExecutor | None = None
+        self._deriver = Deriver(store.decoder)  # folds in threads (no database, no row cache)
         self._last_head: int | None = None
         self._wake = asyncio.Event()
         self._behind_reported: int | None = None
@@ -298,7 +316,7 @@ class Indexer:
         old = self.cp
         new, removed = await _shielded(asyncio.to_thread(self.store.commit_reorg, fork, fr, old, older))
         self.cp = new
-        added = len(fr.records or []) if fr is not None else 0
+        added = fr.count if fr is not None else 0
         self.stats.reorgs += 1
         self.stats.last_reorg_depth = depth
         if self.metrics is not None:
@@ -315,40 +333,72 @@ class Indexer:
 
     # ------------------------------------------------------------------------------ fetching
 
-    async def _fetch_range(self, frm: int, to: int, head: int) -> FetchedRange:
-        """Logs and headers of [frm, to] from one consistent chain (ChainChanged otherwise)."""
+    async def _fetch_range(self, frm: int, to: int, head: int, limit: int | None = None) -> FetchedRange:
+        """Logs and headers of [frm, to] from one consistent chain (ChainChanged otherwise), prepared.
+
+        ``limit``: an answer with more logs raises :class:`_Oversized` before it is parsed.
+        """
         t0 = time.monotonic()
         try:
             pre = await self.rpc.headers([to])
         except MissingBlock as exc:
             raise ChainChanged(str(exc)) from None
-        logs = await self.rpc.get_logs(frm, to, self.target.addresses)
+        raw = await self.rpc.get_logs_raw(frm, to, self.target.addresses)
+        if not isinstance(raw, bytes):  # a JSON-RPC answer that came with a non-200 status
+            raw = orjson.dumps(raw)
+        if limit is not None:
+            n = raw.count(b'"logIndex"')
+            if n > limit:
+                raise _Oversized(n)
         w = self.opts.reorg_window
         numbers = {frm, to}
         if to > head - 2 * w - self.opts.confirmations:
             numbers.update(range(max(frm, to - w), to + 1))
-        for lg in logs:
-            if not lg.get("blockTimestamp"):
-                numbers.add(int(lg["blockNumber"], 16))
+        headers_task = asyncio.ensure_future(self.rpc.headers(sorted(numbers)))
         try:
-            raw = await self.rpc.headers(sorted(numbers))
+            prepared = _raise_failure(await self._prepare(raw, frm, to, {}))
+            if prepared.missing_timestamps:  # a node whose logs carry no blockTimestamp
+                got = await headers_task
+                extra = [n for n in prepared.missing_timestamps if n not in got]
+                if extra:
+                    got.update(await self.rpc.headers(extra))
+                ts = {n: int(h["timestamp"], 16) for n, h in got.items()}
+                headers_task = asyncio.ensure_future(_done(got))
+                prepared = _raise_failure(await self._prepare(raw, frm, to, ts))
+                if prepared.missing_timestamps:
+                    raise ChainChanged(f"no timestamp for blocks {list(prepared.missing_timestamps)}")
+            raw_headers = await headers_task
         except MissingBlock as exc:
             raise ChainChanged(str(exc)) from None
-        headers = {n: BlockHeader.from_rpc(h) for n, h in raw.items()}
+        finally:
+            if not headers_task.done():
+                headers_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await headers_task
+        del raw
+        headers = {n: BlockHeader.from_rpc(h) for n, h in raw_headers.items()}
         if headers[to].hash != pre[to]["hash"].lower():
             raise ChainChanged(f"block {to} changed while its range was fetched")
         nums = sorted(headers)
         for a, b in zip(nums, nums[1:], strict=False):
             if b == a + 1 and headers[b].parent_hash != headers[a].hash:
                 raise ChainChanged(f"blocks {a} and {b} do not link")
-        for lg in logs:
-            bn = int(lg["blockNumber"], 16)
-            if lg.get("removed") or not frm <= bn <= to:
-                raise ChainChanged(f"log of block {bn} removed or outside {frm}-{to}")
+        if prepared.problem is not None:
+            raise ChainChanged(prepared.problem)
+        for bn, h in prepared.blocks.items():
             hdr = headers.get(bn)
-            if hdr is not None and hdr.hash != lg["blockHash"].lower():
+            if hdr is not None and hdr.hash != h:
                 raise ChainChanged(f"log of block {bn} from another chain")
-        return FetchedRange(frm, to, logs, headers, time.monotonic() - t0)
+        return FetchedRange(frm, to, [], headers, time.monotonic() - t0, prepared)
+
+    async def _prepare(self, raw: bytes, frm: int, to: int, ts: dict[int, int]) -> Prepared | RawFailure:
+        """Parse, decode and fold a raw answer: in a worker process during a backfill, else in a thread."""
+        cid, contracts = self.target.chain_id, self.target.contracts
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, prepare_raw, raw, frm, to, ts, cid, contracts)
+        decoder, deriver = self.store.decoder, self._deriver
+        return await asyncio.to_thread(prepare_raw, raw, frm, to, ts, cid, contracts, decoder, deriver)
 
     async def _fetch_adaptive(self, frm: int, max_to: int, head: int) -> FetchedRange:
         """A range from ``frm`` to at most ``max_to``, its span set by :class:`AdaptiveRange`."""
@@ -356,8 +406,9 @@ class Indexer:
         while True:
             to = min(max_to, frm + self.range.size - 1)
             span = to - frm + 1
+            limit = OVERSIZED * self.range.target_logs if span > self.range.minimum else None
             try:
-                fr = await self._fetch_range(frm, to, head)
+                fr = await self._fetch_range(frm, to, head, limit)
             except RangeTooLarge as exc:
                 log.info("eth_getLogs %d-%d (%d blocks) refused: %s", frm, to, span, str(exc)[:200])
                 if span <= self.range.minimum:  # cannot shrink: a flaky provider, or one that cannot answer
@@ -369,40 +420,62 @@ class Indexer:
                     await asyncio.sleep(min(2.0, 0.05 * 2**failures))
                 self.range.too_large(span, exc, frm)
                 continue
-            n = len(fr.logs)
-            self.range.success(span, n)
-            if n > OVERSIZED * self.range.target_logs and span > self.range.minimum:
+            except _Oversized as exc:
                 # A dense stretch after sparse ones: the grown range brought far more logs than the
-                # target. Fetch it again, smaller, so that what is decoded and written at once (and
-                # the memory it takes) stays bounded by target_logs, whatever the chain's length.
+                # target. Fetch it again, smaller (the answer is dropped unparsed), so that what is
+                # decoded and written at once (and the memory it takes) stays bounded by target_logs,
+                # whatever the chain's length.
+                self.range.success(span, exc.count)
                 log.info(
                     "eth_getLogs %d-%d: %d logs (target %d): fetching %d blocks instead",
-                    frm, to, n, self.range.target_logs, self.range.size,
+                    frm, to, exc.count, self.range.target_logs, self.range.size,
                 )  # fmt: skip
-                del fr
                 continue
+            self.range.success(span, fr.count)
             return fr
 
+    async def _fetch_cover(self, frm: int, to: int, head: int) -> list[FetchedRange]:
+        """Ranges covering exactly [frm, to] (split when the node or the log count asks for it)."""
+        out: list[FetchedRange] = []
+        while frm <= to:
+            fr = await self._fetch_adaptive(frm, to, head)
+            out.append(fr)
+            frm = fr.to_block + 1
+        return out
+
     async def _produce(self, start: int, safe: int, head: int, queue: asyncio.Queue[Any]) -> None:
+        """Fetches ranges ahead, ``fetch_concurrency`` at a time, and queues them in chain order."""
+        pending: collections.deque[asyncio.Future[list[FetchedRange]]] = collections.deque()
         try:
             cur = start
-            while cur <= safe:
-                fr = await self._fetch_adaptive(cur, safe, head)
-                await queue.put(fr)
-                cur = fr.to_block + 1
+            while cur <= safe or pending:
+                while cur <= safe and len(pending) < max(1, self.opts.fetch_concurrency):
+                    to = min(safe, cur + self.range.size - 1)
+                    pending.append(asyncio.ensure_future(self._fetch_cover(cur, to, head)))
+                    cur = to + 1
+                for fr in await pending.popleft():
+                    await queue.put(fr)
             await queue.put(None)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             await queue.put(exc)
+        finally:
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _catch_up(self, safe: int, head: int) -> bool:
         """Indexes up to ``safe``; False when it stopped early because the chain changed."""
         assert self.cp is not None
         completed = False
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.opts.pipeline_depth))
-        producer = asyncio.create_task(self._produce(self.cp.number + 1, safe, head, queue))
         big = safe - self.cp.number > 1
+        if safe - self.cp.number >= self.opts.workers_from_blocks and self.opts.decode_workers > 0:
+            self._start_pool()
+        producer = asyncio.create_task(self._produce(self.cp.number + 1, safe, head, queue))
         if self.progress is not None and big:
             self.progress.begin(self.cp.number + 1, safe)
         try:
@@ -424,7 +497,7 @@ class Indexer:
                     break
                 old = self.cp
                 self.cp = await _shielded(asyncio.to_thread(self.store.commit_range, fr, old))
-                n = len(fr.records or [])
+                n = fr.count
                 self.stats.events += n
                 self.stats.ranges += 1
                 self._observe(n, head)
@@ -434,9 +507,27 @@ class Indexer:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
+            self._stop_pool()
             if self.progress is not None and big:
                 self.progress.end()
         return completed
+
+    def _start_pool(self) -> None:
+        """Decode workers for a backfill: forked from a clean server process that imported the decoding
+        modules once (nothing shared with this process's threads, no import per worker)."""
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["keeper.indexer.prepare"])
+            self._pool = ProcessPoolExecutor(
+                self.opts.decode_workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)
+            )
+            for _ in range(self.opts.decode_workers):
+                self._pool.submit(warm_up)  # the imports happen while the first ranges are fetched
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def _observe(self, events: int, head: int) -> None:
         if self.metrics is None or self.cp is None:
@@ -523,6 +614,33 @@ class Indexer:
                 )
             await asyncio.sleep(backoff)
             backoff = min(60.0, backoff * 2)
+
+
+class _Oversized(Exception):
+    """A log answer with far more logs than the range's target (fetched again, smaller)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} logs")
+        self.count = count
+
+
+def _raise_failure(p: Prepared | RawFailure) -> Prepared:
+    """The prepared range, or the exception :meth:`RpcClient.get_logs` raises for the same answer."""
+    if isinstance(p, Prepared):
+        return p
+    if p.kind == "rpc":
+        err = RpcError(p.code, p.message, p.data, "eth_getLogs")
+        rng = classify_range_error(err)
+        raise rng if rng is not None else err
+    if p.kind == "malformed":
+        rng = classify_range_error(TransportError(p.message, malformed=True))
+        assert rng is not None
+        raise rng
+    raise RangeTooLarge(f"{p.message}: shrinking the range")
+
+
+async def _done(value: Any) -> Any:
+    return value
 
 
 async def _shielded(coro: Any) -> Any:

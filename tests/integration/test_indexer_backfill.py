@@ -241,7 +241,7 @@ def test_failure_inside_a_commit_leaves_nothing_behind(
         def boom(*_a: Any, **_k: Any) -> None:
             raise RuntimeError("killed mid-transaction")
 
-        monkeypatch.setattr(store.deriver, "apply", boom)
+        monkeypatch.setattr(store.deriver, "apply_folded", boom)
         with pytest.raises(RuntimeError, match="killed mid-transaction"):
             index_to_head(url, store)
         assert dump_tables(engine, target.chain_id) == before  # no event, block or checkpoint moved

@@ -61,6 +61,41 @@ def _start(env: dict[str, str], args: list[str], log: Path) -> subprocess.Popen[
     )
 
 
+def _descendants(pid: int) -> set[int]:
+    """Processes below ``pid`` (from /proc)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = set(), [pid]
+    while todo:
+        kids = [c for c, pp in parent.items() if pp == todo[-1]]
+        todo.pop()
+        out.update(kids)
+        todo.extend(kids)
+    return out
+
+
+def _wait_gone(pids: set[int], timeout: float = 10.0) -> None:
+    """A killed indexer leaves no process behind: its decode workers exit on their own."""
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = {p for p in alive if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)}
+    assert not alive, f"processes left behind by the killed indexer: {sorted(alive)}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}") / "status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def test_kill_9_at_random_instants(
     deployed: Any, new_db: Callable[[], str], db_kind: str, tmp_path: Path
 ) -> None:
@@ -71,7 +106,8 @@ def test_kill_9_at_random_instants(
     rng = random.Random(2024)
     seen: list[int | None] = []
     kills = 0
-    with FaultProxy(url, delay=0.02) as proxy:
+    # 50 ms per request: 2-block ranges, 3 in flight, so that ten kills land before the head
+    with FaultProxy(url, delay=0.05) as proxy:
         env = _env(
             deployed,
             db,
@@ -79,6 +115,7 @@ def test_kill_9_at_random_instants(
             tmp_path,
             KEEPER_INDEXER__INITIAL_RANGE="2",
             KEEPER_INDEXER__MAX_RANGE="2",
+            KEEPER_INDEXER__WORKERS_FROM_BLOCKS="1",  # killed with its decode workers running
         )
         for _ in range(KILLS):
             p = _start(env, ["index"], tmp_path / "index.log")
@@ -88,10 +125,12 @@ def test_kill_9_at_random_instants(
             while time.monotonic() < deadline and _checkpoint(db) == start_cp and p.poll() is None:
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 0.25))
+            helpers = _descendants(p.pid)  # the decode workers (and their fork server)
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
             p.wait(10)
+            _wait_gone(helpers)
             seen.append(_checkpoint(db))
             if seen[-1] == head:
                 break
