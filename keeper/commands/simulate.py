@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="crash-day on the running `make run` node (its anvil, keeper, page and database)",
     )  # fmt: skip
     parser.add_argument(
+        "--block-interval", type=float, metavar="SECONDS",
+        help="crash-day: wall seconds between blocks (default 1; --against-running 2: make run's "
+        "keeper polls every 0.5 s and shares one SQLite file between index and journal)",
+    )  # fmt: skip
+    parser.add_argument(
         "--deployments", type=Path, metavar="PATH",
         help="deployments file (default: chain.deployments_file, config/deployments/local.json)",
     )  # fmt: skip
@@ -103,10 +108,14 @@ def run(args: argparse.Namespace) -> int:
         if args.against_running:
             node = RunningNode.from_settings(load_settings(args.config), args.rpc_url, args.deployments)
             cfg = CrashDayConfig(traders=args.traders or 2_000, seed=args.seed,
-                                 workdir=REPO_ROOT / "var" / "crash-day-running")  # fmt: skip
+                                 workdir=REPO_ROOT / "var" / "crash-day-running",
+                                 report_path=REPO_ROOT / "var" / "artifacts" / "crash-day-running.json",
+                                 block_interval=args.block_interval or 2.0)  # fmt: skip
             report = run_crash_day_against(node, cfg)
         else:
-            report = run_crash_day(CrashDayConfig(traders=args.traders or 2_000, seed=args.seed))
+            cfg = CrashDayConfig(traders=args.traders or 2_000, seed=args.seed,
+                                 block_interval=args.block_interval or 1.0)  # fmt: skip
+            report = run_crash_day(cfg)
         print(format_report(report))
         return 0 if report["ok"] else 1
     if args.traders is None:

@@ -69,6 +69,7 @@ LIQUIDATED = _topic(
 BAD_DEBT = _topic("BadDebtSettled(address,uint256,uint256,uint256)")
 FUND_PAYOUT = _topic("FundPayout(address,address,uint256,uint256,uint256)")
 FUND_INCOME = _topic("FundIncome(uint8,address,uint256,uint256)")
+DEPOSITED = _topic("Deposited(address,address,uint256,int256)")
 LIQ_TYPES = [
     "address",
     "int256",
@@ -488,14 +489,15 @@ class CrashDay:
             deadline = time.monotonic() + 30
             while self._index_head(self.db) < self.tl.last_block and time.monotonic() < deadline:
                 time.sleep(0.2)
-            stop_file.touch()
+            self._stop_load(stop_file)
             codes = {name: p.stop() for name, p in self.procs.items()}
             # automine stays off until verified: on, it would mine what the keepers left in the pool
             # (e.g. a funding settlement) into a block after the last one they indexed
             report = self.verify(fund_before, codes, {**proxy.counts, "answered": proxy.served})
             self.rpc.call("evm_setAutomine", True)
             report["setup"] = {"traders": cfg.traders, "seed": cfg.seed, "positions_open": sum(sim.positions_open.values()),  # noqa: E501
-                               "tiers": sim.tiers, "setup_seconds": round(t_setup, 1)}  # fmt: skip
+                               "tiers": sim.tiers, "setup_seconds": round(t_setup, 1),
+                               "block_interval_seconds": cfg.block_interval}  # fmt: skip
             report["seconds"] = {"setup": round(t_setup, 1), "ready": round(t_ready, 1),
                                  "crash": round(t_crash, 1), "total": round(time.monotonic() - t_start, 1)}  # fmt: skip # noqa: E501
         if cfg.report_path is not None:
@@ -639,6 +641,7 @@ class CrashDay:
             sim = simulate(w3, dep, "calm", traders=cfg.traders, seed=cfg.seed, blocks=1,
                            risk_admin=node.risk_admin, log=lambda m: self.log(f"  {m}"))  # fmt: skip
             t_setup = time.monotonic() - t_start
+            self.addrs = self._chain_accounts()
             owner = self.rpc.eth_calls([(self.markets[0].primary, calldata("owner"))])[0]
             assert owner is not None
             self.feeder = to_checksum_address(decode(["address"], owner)[0])
@@ -659,7 +662,7 @@ class CrashDay:
             t_crash = time.monotonic() - t_start - t_ready
             self.log(f"crash over at block {self.tl.last_block} ({blocks_mined} blocks, {t_crash:.1f} s)")
             self._wait_index(self.tl.last_block, 60.0)
-            stop_file.touch()
+            self._stop_load(stop_file)
             codes = {name: p.stop() for name, p in self.procs.items()}
             report = self.verify(fund_before, codes, {
                 "skipped": "against the running node: its keeper's RPC is its own (no 429s, no outage)"})  # fmt: skip # noqa: E501
@@ -673,13 +676,30 @@ class CrashDay:
                 node.pause_file.unlink(missing_ok=True)
         report["mode"] = "against-running"
         report["setup"] = {"traders": cfg.traders, "seed": cfg.seed, "positions_open": sum(sim.positions_open.values()),  # noqa: E501
-                           "tiers": sim.tiers, "setup_seconds": round(t_setup, 1)}  # fmt: skip
+                           "tiers": sim.tiers, "setup_seconds": round(t_setup, 1),
+                           "accounts_watched": len(self.addrs), "block_interval_seconds": cfg.block_interval}  # fmt: skip # noqa: E501
         report["seconds"] = {"setup": round(t_setup, 1), "ready": round(t_ready, 1),
                              "crash": round(t_crash, 1), "total": round(time.monotonic() - t_start, 1)}  # fmt: skip # noqa: E501
         if cfg.report_path is not None:
             cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
             cfg.report_path.write_text(json.dumps(report, indent=2, default=str))
         return report
+
+    def _stop_load(self, stop_file: Path) -> None:
+        """Lets the load generator see its stop file and write its figures (SIGTERM would lose them)."""
+        stop_file.touch()
+        p = self.procs.get("load")
+        if p is not None and p.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.proc.wait(15)
+
+    def _chain_accounts(self) -> list[str]:
+        """Every account that ever deposited (from the chain's logs, not the keeper's database), so
+        that the running node's other traders (make run's calm market) are watched too."""
+        flt = {"fromBlock": "0x0", "toBlock": "latest", "address": self.exchange, "topics": [DEPOSITED]}
+        logs = self.rpc.call("eth_getLogs", flt)
+        found = {to_checksum_address("0x" + lg["topics"][1][-40:]) for lg in logs}
+        return sorted(found | set(self.addrs))
 
     def _running_keeper(self) -> str:
         """The running keeper's liquidation sender, from its journal (else dev-run.sh's dev key)."""
