@@ -500,3 +500,32 @@ def test_tx_orphaned_after_the_work_was_done_by_someone_else_is_not_resent(
             await rpc.close()
 
     run(main())
+
+
+def test_orphaned_tx_is_found_by_a_restarted_manager(node: Anvil, tmp_path: Path) -> None:
+    """The mined block's hash is in the journal: a manager started after a reorg (the one that saw it
+    mined is gone) finds the orphan at recover() and sends it again at its nonce."""
+    db = f"sqlite:///{tmp_path / 'j.db'}"
+
+    async def main() -> None:
+        rpc = CountingRpc(node.url)
+        try:
+            await setup_chain(rpc, automine=False)
+            await rpc.call("anvil_setCode", [ONCE, ONCE_CODE])
+            first = manager(rpc, TxJournal(db))
+            h = await first.submit(ONCE, "0x01", purpose="liquidate")
+            await first.tick(await mine(rpc))
+            assert (await h.wait(5)).state == "mined"
+            await rpc.call("anvil_reorg", [1, []])
+            again = manager(rpc, TxJournal(db))  # a new process: only the journal is left
+            await again.recover()
+            assert again.stats["orphaned"] == 1 and len(again.handles()) == 1
+            (h2,) = again.handles()
+            await again.tick(await mine(rpc))
+            o = await h2.wait(5)
+            assert o.state == "mined" and o.tx_hash == h.tx_hash and o.nonce == 0
+            assert await canonical_senders(rpc, signer(0).address) == [(0, "0x01")]
+        finally:
+            await rpc.close()
+
+    run(main())
