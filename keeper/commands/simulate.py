@@ -37,6 +37,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
@@ -69,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="crash-day on the running `make run` node (its anvil, keeper, page and database)",
     )  # fmt: skip
     parser.add_argument(
-        "--block-interval", type=float, metavar="SECONDS",
+        "--block-interval", type=_positive_seconds, metavar="SECONDS",
         help="crash-day: wall seconds between blocks (default 1; --against-running 2: make run's "
         "keeper polls every 0.5 s and shares one SQLite file between index and journal)",
     )  # fmt: skip
