@@ -546,7 +546,8 @@ class LiveBook:
                 a, self.book_block, (mine.value, mine.maintenance_margin), (summary[1], summary[2])
             )
         for (a, (block, value, mm)), r in zip(due, res[k + len(chosen) :], strict=True):
-            del self._suspects[a]
+            if self._suspects.get(a) == (block, value, mm):
+                del self._suspects[a]  # (a newer suspicion of the same account, from this round, stays)
             if a in bad or isinstance(r, RpcError):
                 continue  # repaired already, or that block's state is gone (pruned, reorged away)
             summary = _dec(SUMMARY_TYPES, r)
