@@ -6,6 +6,7 @@ ahead)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,12 @@ from prometheus_client import CollectorRegistry
 from keeper.chain.rpc import RpcClient
 from keeper.devchain.simulate import simulate
 from keeper.indexer.decode import EventDecoder
-from keeper.indexer.fetch import RpcClient as IndexRpc
-from keeper.indexer.sync import Indexer, SyncOptions
 from keeper.indexer.writer import IndexStore
 from keeper.observability.metrics import KeeperMetrics
 from keeper.risk.live import LiveBook, calldata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from liquidator_support import index_db  # noqa: E402
+from liquidator_support import index_db, run_indexer  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +34,16 @@ def test_reconcile_finds_a_wrong_account_and_only_a_wrong_one(deployed: Any, tmp
     engine, target = index_db(tmp_path, dep)
 
     async def main() -> None:
-        store = IndexStore(engine, target, EventDecoder.for_contracts(), 128)
-        async with IndexRpc([url], timeout=30) as irpc:
-            await Indexer(irpc, store, SyncOptions(poll_interval=0.1)).run(until_head=True)
         rpc = RpcClient([url], timeout=30)
+        head = int(await rpc.call("eth_blockNumber"), 16)
+        store = IndexStore(engine, target, EventDecoder.for_contracts(), 128)
+        stop = asyncio.Event()
+        indexer = asyncio.create_task(run_indexer(url, engine, target, stop))
+        while (cp := store.checkpoint()) is None or cp.number < head:
+            await asyncio.sleep(0.1)
+        indexer.cancel()  # the index is at the head: the book below needs no more of it
+        with contextlib.suppress(asyncio.CancelledError):
+            await indexer
         try:
             live = LiveBook(rpc, engine, dep, metrics=KeeperMetrics(CollectorRegistry()))
             await live.start()
