@@ -132,7 +132,7 @@ def worker_raw(rpc: str, start: int, head: int, span: int) -> dict[str, Any]:
 
 
 class ChildrenRss:
-    """Peak of the summed RSS of this process's descendants (decode workers), sampled every 50 ms."""
+    """Peak of the summed RSS of this process's descendants (decode workers), sampled every 100 ms."""
 
     def __init__(self) -> None:
         import threading
@@ -151,26 +151,28 @@ class ChildrenRss:
 
     def _run(self) -> None:
         me = os.getpid()
-        while not self._stop.wait(0.05):
-            procs: dict[int, tuple[int, float]] = {}  # pid -> (parent, RSS MB)
-            for d in Path("/proc").iterdir():
-                if not d.name.isdigit():
-                    continue
+        while not self._stop.wait(0.1):
+            total, todo = 0.0, _children(me)
+            while todo:  # descendants: the fork server and the workers it forked
+                pid = todo.pop()
+                todo.extend(_children(pid))
                 try:
-                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                    rss = 0.0
-                    for line in (d / "status").read_text().splitlines():
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmRSS:"):
-                            rss = int(line.split()[1]) / 1024.0
-                    procs[int(d.name)] = (ppid, rss)
-                except (OSError, IndexError, ValueError):
+                            total += int(line.split()[1]) / 1024.0
+                except OSError:
                     continue
-            mine, grew = {me}, True
-            while grew:  # descendants: the forkserver and the workers it forked
-                new = {p for p, (pp, _) in procs.items() if pp in mine and p not in mine}
-                mine |= new
-                grew = bool(new)
-            self.peak_mb = max(self.peak_mb, sum(procs[p][1] for p in mine - {me} if p in procs))
+            self.peak_mb = max(self.peak_mb, total)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return out
 
 
 def worker_index(rpc: str, db_url: str, deployment: str, confirmations: int = 0) -> dict[str, Any]:

@@ -631,6 +631,10 @@ class Deriver:
         if self._cached > self.cache_rows:
             self.clear()
 
+    def begin(self) -> None:
+        """A new write transaction: forget rows computed by one that did not commit."""
+        self._pending = {}
+
     def clear(self) -> None:
         """Forgets every cached row (after a rollback or a failed commit)."""
         self._cache.clear()
@@ -677,17 +681,25 @@ class Deriver:
     def apply_folded(self, conn: Connection, chain_id: int, folded: Folded) -> None:
         """Writes a :meth:`fold` result onto the current rows (cached or read back) and the histories."""
         ctx = Context(conn, chain_id)
-        self._pending = {}
         for ts in self.tables:
             keys = folded.touches.get(ts.table.name)
             if not keys:
                 continue
+            # rows written earlier in this transaction, then rows as last committed, then the database
+            pending = self._pending.setdefault((chain_id, ts.table.name), {})
             cache = self._cache.get((chain_id, ts.table.name), {})
-            existing = {k: cache[k] for k in keys if k in cache}
-            missing = [k for k in keys if k not in existing]
+            existing = {}
+            missing = []
+            for k in keys:
+                row = pending.get(k)
+                if row is None:
+                    row = cache.get(k)
+                if row is None:
+                    missing.append(k)
+                else:
+                    existing[k] = row
             if missing:
                 existing.update(self._load(conn, chain_id, ts, missing))
-            pending = self._pending[(chain_id, ts.table.name)] = {}
             names = ["chain_id", *ts.key_cols]
             names += [c.name for c in ts.table.columns if c.name not in names]
             get = itemgetter(*names)

@@ -77,6 +77,10 @@ class SyncOptions:
     decode_workers: int = 2
     #: a catch-up of at least this many blocks uses the decode workers (the live tail does not)
     workers_from_blocks: int = 256
+    #: ranges already fetched are written together, in one transaction, up to this many ranges...
+    group_ranges: int = 4
+    #: ... or this many logs
+    group_logs: int = 20_000
     target_logs: int = 5_000
     #: span of the first range of a run: the chain's density is unknown until then, and a dense chain
     #: must not arrive as one huge answer (memory); :class:`AdaptiveRange` grows it from there.
@@ -471,16 +475,18 @@ class Indexer:
         """Indexes up to ``safe``; False when it stopped early because the chain changed."""
         assert self.cp is not None
         completed = False
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.opts.pipeline_depth))
+        depth = max(1, self.opts.pipeline_depth, self.opts.group_ranges)
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
         big = safe - self.cp.number > 1
         if safe - self.cp.number >= self.opts.workers_from_blocks and self.opts.decode_workers > 0:
             self._start_pool()
         producer = asyncio.create_task(self._produce(self.cp.number + 1, safe, head, queue))
         if self.progress is not None and big:
             self.progress.begin(self.cp.number + 1, safe)
+        held: Any = _NOTHING  # an item taken from the queue while grouping (None too), not handled yet
         try:
             while True:
-                item = await queue.get()
+                item, held = (held, _NOTHING) if held is not _NOTHING else (await queue.get(), _NOTHING)
                 if item is None:
                     completed = True
                     break
@@ -495,14 +501,23 @@ class Indexer:
                         "block %d does not link to the checkpoint %d: reorg", fr.from_block, self.cp.number
                     )
                     break
+                # ranges already fetched and linked are written in the same transaction
+                group, n = [fr], fr.count
+                while len(group) < self.opts.group_ranges and n < self.opts.group_logs and not queue.empty():
+                    nxt = queue.get_nowait()
+                    if isinstance(nxt, FetchedRange) and nxt.parent_hash == group[-1].to_hash:
+                        group.append(nxt)
+                        n += nxt.count
+                    else:
+                        held = nxt
+                        break
                 old = self.cp
-                self.cp = await _shielded(asyncio.to_thread(self.store.commit_range, fr, old))
-                n = fr.count
+                self.cp = await _shielded(asyncio.to_thread(self.store.commit_ranges, group, old))
                 self.stats.events += n
-                self.stats.ranges += 1
+                self.stats.ranges += len(group)
                 self._observe(n, head)
                 if self.progress is not None and big:
-                    self.progress.update(fr.to_block, n)
+                    self.progress.update(group[-1].to_block, n)
         finally:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -614,6 +629,9 @@ class Indexer:
                 )
             await asyncio.sleep(backoff)
             backoff = min(60.0, backoff * 2)
+
+
+_NOTHING = object()
 
 
 class _Oversized(Exception):

@@ -180,18 +180,28 @@ class IndexStore:
 
     def commit_range(self, fr: FetchedRange, expected: CheckpointState) -> CheckpointState:
         """Indexes one fetched range and moves the checkpoint to its end, in one transaction."""
-        if expected.number + 1 != fr.from_block:
-            raise AssertionError(
-                f"range {fr.from_block}-{fr.to_block} does not follow the checkpoint {expected.number}"
-            )
-        prepared = self.prepare(fr)
+        return self.commit_ranges([fr], expected)
+
+    def commit_ranges(self, frs: Sequence[FetchedRange], expected: CheckpointState) -> CheckpointState:
+        """Indexes consecutive fetched ranges and moves the checkpoint to the last one's end, all in
+        one transaction (a backfill writes several ranges per commit: fewer, larger transactions)."""
+        prev_to, prev_hash = expected.number, expected.hash
+        for fr in frs:
+            if prev_to + 1 != fr.from_block:
+                raise AssertionError(f"range {fr.from_block}-{fr.to_block} does not follow block {prev_to}")
+            if prev_hash is not None and fr is not frs[0] and fr.parent_hash != prev_hash:
+                raise AssertionError(f"range {fr.from_block}-{fr.to_block} does not link to block {prev_to}")
+            prev_to, prev_hash = fr.to_block, fr.to_hash
+        prepared = [self.prepare(fr) for fr in frs]
+        self.deriver.begin()
         try:
             with self.engine.begin() as conn:
                 self._bulk_pragmas(conn)
                 # The guarded checkpoint move comes first: it takes the write lock (a second writer
                 # waits, then finds the checkpoint moved and fails before writing anything).
-                new = self._move_checkpoint(conn, expected, fr.to_block, fr.to_hash)
-                self._write(conn, fr, prepared)
+                new = self._move_checkpoint(conn, expected, frs[-1].to_block, frs[-1].to_hash)
+                for fr, p in zip(frs, prepared, strict=True):
+                    self._write(conn, fr, p)
         except BaseException:
             self.deriver.clear()  # the derived rows it computed were not stored
             raise
