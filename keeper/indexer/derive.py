@@ -600,14 +600,14 @@ class Deriver:
     ) -> None:
         self.decoder = decoder
         self.tables = list(tables)
-        # (contract, event) -> [(table spec, [(group, handler)], [(sum, fn)])]
+        # (contract, event) -> [(table spec, [(group index, handler)], [(sum, fn)])]
         self._routes: dict[
             EventKey,
-            list[tuple[TableSpec, list[tuple[Group, Handler]], list[tuple[Sum, Callable[[LogRecord], int]]]]],
+            list[tuple[TableSpec, list[tuple[int, Handler]], list[tuple[Sum, Callable[[LogRecord], int]]]]],
         ] = {}
         for ts in self.tables:
             for ek in ts.event_keys:
-                groups = [(g, g.handlers[ek]) for g in ts.groups if ek in g.handlers]
+                groups = [(i, g.handlers[ek]) for i, g in enumerate(ts.groups) if ek in g.handlers]
                 sums = [(s, s.handlers[ek]) for s in ts.sums if ek in s.handlers]
                 self._routes.setdefault(ek, []).append((ts, groups, sums))
         # Current-state rows as last committed, so that the next range does not read them back:
@@ -645,17 +645,22 @@ class Deriver:
 
     def apply(self, conn: Connection, chain_id: int, records: Iterable[LogRecord]) -> None:
         """Folds ``records`` (in chain order, already inserted into ``events``) onto the derived tables."""
-        self.apply_folded(conn, chain_id, self.fold(chain_id, records))
+        self.apply_folded(conn, chain_id, self.fold(chain_id, list(records)))
 
-    def fold(self, chain_id: int, records: Iterable[LogRecord]) -> Folded:
-        """What ``records`` (in chain order) do to the derived tables; no database needed (workers)."""
-        touched: dict[str, dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, int]]]] = {}
+    def fold(self, chain_id: int, records: Sequence[LogRecord]) -> Folded:
+        """What ``records`` (in chain order) do to the derived tables; no database needed (workers).
+
+        Walked newest first: a group's columns come from its latest event for the key, so the older
+        events of the same group and key are not evaluated at all (sums still count every event).
+        """
+        touched: dict[str, dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, int], set[int]]]] = {}
         appends: dict[str, list[tuple[Any, ...]]] = {}
-        for ev in records:
+        routes, projections = self._routes, PROJECTIONS
+        for ev in reversed(records):
             if ev.event_name is None or ev.contract is None:
                 continue
             ek = (ev.contract, ev.event_name)
-            proj = PROJECTIONS.get(ek)
+            proj = projections.get(ek)
             if proj is not None:
                 row = proj.row(ev)
                 row.update(_ref(chain_id, ev))
@@ -664,19 +669,27 @@ class Deriver:
                 for i, f in convs:
                     values[i] = f(values[i])
                 appends.setdefault(proj.table.name, []).append(tuple(values))
-            for ts, groups, sums in self._routes.get(ek, ()):
+            for ts, groups, sums in routes.get(ek, ()):
                 key = ts.key(ev)
                 by_key = touched.setdefault(ts.table.name, {})
                 t = by_key.get(key)
                 if t is None:
-                    t = by_key[key] = ({}, {})
-                for _g, handler in groups:
-                    t[0].update(handler(ev, None))
+                    t = by_key[key] = ({}, {}, set())
+                done = t[2]
+                for g_i, handler in groups:
+                    if g_i not in done:  # a later event of this group already set its columns
+                        done.add(g_i)
+                        t[0].update(handler(ev, None))
+                adds = t[1]
                 for s, fn in sums:
                     v = fn(ev)
                     if v:
-                        t[1][s.column] = t[1].get(s.column, 0) + v
-        return Folded(appends, touched)
+                        adds[s.column] = adds.get(s.column, 0) + v
+        for rows in appends.values():
+            rows.reverse()  # chain order
+        return Folded(
+            appends, {name: {k: (t[0], t[1]) for k, t in keys.items()} for name, keys in touched.items()}
+        )
 
     def apply_folded(self, conn: Connection, chain_id: int, folded: Folded) -> None:
         """Writes a :meth:`fold` result onto the current rows (cached or read back) and the histories."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -74,6 +75,7 @@ def decode_logs(
     whose timestamp is missing (neither in the log nor in ``timestamps``)."""
     out: list[LogRecord] = []
     missing: set[int] = set()
+    addresses: dict[str, tuple[str | None, str]] = {}  # as sent -> (contract, checksummed)
     for lg in logs:
         bn = int(lg["blockNumber"], 16)
         ts_hex = lg.get("blockTimestamp")
@@ -81,7 +83,10 @@ def decode_logs(
         if ts is None:
             missing.add(bn)
         address = lg["address"]
-        contract = contracts.get(address.lower())
+        known = addresses.get(address)
+        if known is None:
+            known = addresses[address] = (contracts.get(address.lower()), checksum_address(address))
+        contract = known[0]
         topics = lg["topics"]
         data = lg["data"]
         spec = None
@@ -95,20 +100,20 @@ def decode_logs(
             spec, args = None, {"topics": [t.lower() for t in topics], "data": data.lower()}
         out.append(
             LogRecord(
-                block_number=bn,
-                block_hash=lg["blockHash"].lower(),
-                block_timestamp=ts,
-                tx_hash=lg["transactionHash"].lower(),
-                tx_index=int(lg["transactionIndex"], 16),
-                log_index=int(lg["logIndex"], 16),
-                address=checksum_address(address),
-                contract=contract,
-                event_name=spec.name if spec is not None else None,
-                args=args,
-                spec=spec,
+                bn,
+                lg["blockHash"].lower(),
+                ts,
+                lg["transactionHash"].lower(),
+                int(lg["transactionIndex"], 16),
+                int(lg["logIndex"], 16),
+                known[1],
+                contract,
+                spec.name if spec is not None else None,
+                args,
+                spec,
             )
         )
-    out.sort(key=lambda r: (r.block_number, r.log_index))
+    out.sort(key=attrgetter("block_number", "log_index"))  # nodes answer in this order already
     return out, sorted(missing)
 
 
