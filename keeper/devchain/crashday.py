@@ -890,7 +890,7 @@ class CrashDay:
                 lost_races += 1
             else:
                 failures.append(f"our transaction {t['hash']} reverted and was not a lost race")
-        skipped_entries = 0
+        skipped_entries = lost_txs = 0
         for t in ours:
             if t["input"].startswith(LIQUIDATE_BATCH) and rc.get(t["hash"], {}).get("status") == "0x1":
                 accts, _ = decode(["address[]", "uint256[]"], bytes.fromhex(t["input"][10:]))
@@ -898,6 +898,7 @@ class CrashDay:
                     1 for lg in rc[t["hash"]]["logs"] if lg["topics"] and lg["topics"][0] == LIQUIDATED
                 )
                 skipped_entries += max(0, len(accts) - done)
+                lost_txs += done == 0  # every entry already liquidated by the time it was mined
 
         # bad debt: the fund pays what it can, the rest is socialized
         bad = self._logs(BAD_DEBT, self.exchange)
@@ -1046,6 +1047,7 @@ class CrashDay:
                 "on_chain": len(ours),
                 "reverted": len(reverted),
                 "lost_races": lost_races,
+                "lost_race_txs_mined": lost_txs,
                 "skipped_batch_entries": skipped_entries,
             },  # fmt: skip
             "rpc_faults": faults,
@@ -1067,6 +1069,9 @@ def format_report(r: dict[str, Any]) -> str:
     b, a, lat = r["blocks"], r["accounts"], r["blocks_to_liquidation"]
     bd, f, tx, pg = r["bad_debt"], r["fund"], r["transactions"], r["page"]
     usd = lambda x: f"${x / 10**6:,.2f}"  # noqa: E731
+    after = lat["max_after_rpc_recovery"]
+    if after is not None and after < 0:
+        after = f"{after} (all liquidated before it)"
     if r.get("mode") == "against-running":
         events = f"reorg at #{b['reorg']}; against the running node: no RPC faults, SIGKILL or rival keeper"
     else:
@@ -1077,13 +1082,13 @@ def format_report(r: dict[str, Any]) -> str:
         f"  accounts: {a['became_liquidatable']} became liquidatable, {a['liquidated']} liquidated "
         f"({a['liquidation_events']} events: {a['by_keeper']}), {a['still_liquidatable']} left",
         f"  blocks from crossing to liquidation: p50 {lat['p50']}, p99 {lat['p99']}, max {lat['max']}; "
-        f"after RPC recovery max {lat['max_after_rpc_recovery']} vs limit {lat['bound']} "
+        f"after RPC recovery max {after} vs limit {lat['bound']} "
         f"(physical {lat['physical_limit']}: {lat['liquidation_gas']:,} gas / {lat['block_gas_limit']:,})",
         f"  bad debt {usd(bd['debt'])}: fund paid {usd(bd['paid_by_fund'])} (payouts {usd(bd['fund_payouts'])}), "  # noqa: E501
         f"socialized {usd(bd['socialized'])}; fund {usd(f['before'])} -> {usd(f['after'])}",
-        f"  our transactions: {tx['journal_rows']} journaled ({tx['mined']} mined), {tx['replaced']} replacements, "  # noqa: E501
-        f"{tx['reverted']} reverted ({tx['lost_races']} lost races), {tx['skipped_batch_entries']} batch entries "  # noqa: E501
-        f"skipped (already liquidated)",
+        f"  our transactions: {tx['journal_rows']} sent and journaled ({tx['mined']} mined), {tx['replaced']} replacements, "  # noqa: E501
+        f"{tx['reverted']} reverted ({tx['lost_races']} lost races); lost races mined: {tx['lost_race_txs_mined']} "  # noqa: E501
+        f"transactions, {tx['skipped_batch_entries']} batch entries skipped (already liquidated)",
         f"  page: {pg['requests']} requests ({pg['served_200']} served), p50 {pg['p50_ms'] or 0:.1f} ms, "
         f"p99 {pg['p99_ms'] or 0:.1f} ms; {pg['figures_checked']} stamped figures checked against the chain",
         f"  rpc faults injected: {r['rpc_faults']}",
