@@ -276,6 +276,8 @@ def worker_naive(rpc: str, db_path: str, deployment: str, start: int, stop: int,
 
 def _worker(argv: list[str]) -> int:
     kind, args = argv[0], json.loads(argv[1])
+    if os.environ.get("BENCH_CODE"):  # (b0): the keeper package of an earlier commit
+        sys.path.insert(0, os.environ["BENCH_CODE"])
     fn = {"_raw": worker_raw, "_index": worker_index, "_naive": worker_naive}[kind]
     print(json.dumps(fn(**args)), flush=True)
     return 0
@@ -309,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default="sqlite,postgres")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached chain")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run (b0): keeper index into SQLite with the keeper package of git commit REV",
+    )
     p.add_argument("--skip", default="", help="comma-separated runs to leave out while iterating: d, e")
     args = p.parse_args(argv)
 
@@ -367,6 +374,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['events']:,} events in {r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
                 flush=True,
             )
+        if args.baseline:
+            code = baseline_tree(args.baseline)
+            with throwaway_database("sqlite", CACHE / "db") as url:
+                r = run_worker(
+                    "_index",
+                    {**env, "BENCH_CODE": str(code)},
+                    rpc=node.url,
+                    db_url=url,
+                    deployment=deployment,
+                )
+            r["rev"] = args.baseline
+            results["b0_baseline"] = r
+            print(
+                f"(b0) the same with the keeper of {args.baseline}: {r['events']:,} events in "
+                f"{r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
+                flush=True,
+            )
         skip = {k.strip() for k in args.skip.split(",") if k.strip()}
         naive_db = CACHE / "db" / "naive.sqlite"
         naive_db.parent.mkdir(parents=True, exist_ok=True)
@@ -417,12 +441,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def baseline_tree(rev: str) -> Path:
+    """The ``keeper`` package of commit ``rev`` (git archive), next to this checkout's contracts."""
+    folder = CACHE / "baseline" / rev
+    if not (folder / "keeper").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev, "keeper"], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    link = folder / "contracts"
+    if not link.exists():
+        link.symlink_to(REPO / "contracts")  # the ABIs (contracts/out)
+    return folder
+
+
 def table(res: dict[str, dict[str, Any]]) -> str:
     def rate(r: dict[str, Any]) -> float:
         return r["events"] / r["seconds"] if r["seconds"] else 0.0
 
     names = {
         "a_raw": "(a) raw eth_getLogs, bytes only (ceiling)",
+        "b0_baseline": "(b0) = (b) with the keeper of the baseline commit",
         "index_sqlite": "(b) keeper index --until-head, SQLite",
         "index_postgres": "(c) keeper index --until-head, PostgreSQL",
         "d_naive": "(d) web3.py get_logs + row-by-row INSERT",
@@ -447,6 +485,9 @@ def table(res: dict[str, dict[str, Any]]) -> str:
         if d is not None:
             parts.append(f"{rate(r) / rate(d):.1f}x (d) (target >= 20x)")
         lines.append("  ".join(parts))
+    b0 = res.get("b0_baseline")
+    if b0 is not None and res.get("index_sqlite") is not None:
+        lines.append(f"sqlite: {rate(res['index_sqlite']) / rate(b0):.2f}x (b0) ({b0['rev']})")
     b, e = res.get("index_sqlite"), res.get("e_half_sqlite")
     if b is not None and e is not None:
         lines.append(
