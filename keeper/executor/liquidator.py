@@ -71,6 +71,8 @@ class _Flight:
     handle: TxHandle
     entries: list[PlannedEntry]
     sent_block: int
+    #: once mined: the accounts it liquidated (counted in the stats until a reorg orphans the batch)
+    liquidated: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +84,8 @@ class LiquidatorStats:
     lost_race: int = 0
     reverted: int = 0
     failed: int = 0
+    #: mined batches a reorg orphaned (tracked again through the transaction manager's re-send)
+    reorged: int = 0
     liquidated_accounts: list[str] = field(default_factory=list)
 
 
@@ -111,6 +115,8 @@ class Liquidator:
         #: oracle update -> liquidation mined (keeper_liquidation_latency_*)
         self.latency = LiquidationLatency(self.metrics)
         self._flights: list[_Flight] = []
+        #: mined batches a reorg may still orphan: (batch, mined block), kept for the manager's confirmations
+        self._mined: list[tuple[_Flight, int]] = []
         #: account -> block of our mined liquidation: not resent until the book has indexed that block
         self._settling: dict[str, int] = {}
 
@@ -230,8 +236,9 @@ class Liquidator:
 
     async def collect(self) -> None:
         """Accounts for finished batches (receipts read back for the entries actually liquidated)."""
-        if self.txm is not None and self._flights:
+        if self.txm is not None and (self._flights or self._mined):
             await self.txm.tick()
+        self._follow_reorged()
         still = []
         for f in self._flights:
             out = f.handle.outcome
@@ -242,8 +249,10 @@ class Liquidator:
                 self.stats.mined_batches += 1
                 self.metrics.record_liquidation("mined")
                 done = await self._liquidated_in(out.tx_hash)
+                self._mined.append((f, out.block_number or 0))
                 for e in f.entries:
                     if e.account.lower() in done:
+                        f.liquidated.append(e.account)
                         self.stats.liquidated += 1
                         self.stats.liquidated_accounts.append(e.account)
                         self._settling[e.account] = out.block_number or 0
@@ -259,6 +268,29 @@ class Liquidator:
                 self._lost(len(f.entries), f"batch {out.state}: {out.error}")
         self._flights = still
         await self.latency.flush(self.rpc)
+
+    def _follow_reorged(self) -> None:
+        """A mined batch orphaned by a reorg is re-sent by the manager (or its nonce cancelled when someone
+        else did the work meanwhile): its counts are undone and the new handle is tracked like any flight,
+        so its accounts stay busy instead of being planned again."""
+        depth = self.txm.confirmations if self.txm is not None else 0
+        head = self.live.book_block
+        kept = []
+        for f, block in self._mined:
+            if f.handle.reorged is None:
+                if block > head - depth:
+                    kept.append((f, block))
+                continue
+            self.stats.reorged += 1
+            self.stats.mined_batches -= 1
+            self.stats.liquidated -= len(f.liquidated)
+            for a in f.liquidated:
+                self.stats.liquidated_accounts.remove(a)
+                self._settling.pop(a, None)
+            log.warning("liquidation batch %s (nonce %d) orphaned by a reorg: following its re-send",
+                        f.handle.tx_hash, f.handle.nonce)  # fmt: skip
+            self._flights.append(_Flight(f.handle.reorged, f.entries, f.sent_block))
+        self._mined = kept
 
     async def _liquidated_in(self, tx_hash: str | None) -> set[str]:
         if tx_hash is None:

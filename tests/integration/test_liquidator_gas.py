@@ -93,3 +93,58 @@ def test_batch_gas_covers_entries_a_pooled_rival_liquidation_settles(
     assert not any(lg["topics"][0] == LIQUIDATED_TOPIC for lg in rival["logs"])
     assert used <= batch_gas(1), f"one liquidation used {used} gas: above the gas model {batch_gas(1)}"
     print(f"\npending estimate {out['cheap']} gas; limit {out['gas_limit']}; used {used}")
+
+
+def test_a_mined_batch_orphaned_by_a_reorg_is_followed_to_its_resend(
+    deployed: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Our batch is mined, then a reorg drops its block: the liquidator takes back its counts, keeps the
+    account busy (not planned a second time) and follows the manager's re-send until it is mined again."""
+    dep, url, w3 = deployed.deployment, deployed.anvil.url, deployed.w3
+    n = 40
+    simulate(w3, dep, "crash", traders=n, seed=5)
+    engine, _ = index_db(tmp_path, dep)
+    k = make_keeper(url, engine, dep, signer_from_env(monkeypatch, KEEPER_KEYS[0]), tmp_path / "j.db")
+    exchange = dep.address("Exchange")
+    traders = [p.address for p in make_profiles(5, n, 3, [3, 5, 10, 20])]
+
+    async def scenario() -> tuple[str, list[dict[str, Any]]]:
+        rpc, liq = k.rpc, k.liquidator
+        victims = await liquidatable(rpc, exchange, traders)
+        assert victims, "the crash made nobody liquidatable: the test proves nothing"
+        account = victims[0]
+        market = -1
+        for m in dep.markets:
+            pos = calldata("positionOf(address,uint256)", ["address", "uint256"], [account, m.id])
+            raw = await rpc.call("eth_call", [{"to": exchange, "data": pos}, "latest"])
+            if decode(["int256"], bytes.fromhex(raw[2:66]))[0] != 0:
+                market = m.id
+                break
+        assert await liq.send([[PlannedEntry(account, market, 1, 0, False, 0, 0)]], 0)
+        await liq.collect()  # automine: mined at once
+        assert (liq.stats.mined_batches, liq.stats.liquidated) == (1, 1)
+        first = liq.stats.liquidated_accounts[:]
+        await rpc.call("evm_setAutomine", [False])  # the re-send waits in the pool until we mine
+        await rpc.call("anvil_reorg", [1, []])  # the block with our batch is replaced by an empty one
+        await liq.collect()
+        assert liq.stats.reorged == 1
+        assert (liq.stats.mined_batches, liq.stats.liquidated, liq.stats.liquidated_accounts) == (0, 0, [])
+        assert account in liq.busy(), "the re-sent batch's account must not be planned again"
+        pooled = await rpc.call("eth_getBlockByNumber", ["pending", False])
+        assert len(pooled["transactions"]) == 1, "the manager re-broadcast the batch"
+        await rpc.call("evm_setAutomine", [True])
+        for _ in range(20):
+            await rpc.call("evm_mine", [])
+            await liq.collect()
+            if liq.stats.liquidated:
+                break
+        assert (liq.stats.mined_batches, liq.stats.liquidated, liq.stats.liquidated_accounts) == (1, 1, first)
+        assert liq.stats.lost_race == 0 and liq.stats.reverted == 0 and liq.in_flight == 0
+        logs = await rpc.call("eth_getLogs", [{"address": exchange, "fromBlock": "0x0", "toBlock": "latest",
+                                              "topics": [LIQUIDATED_TOPIC]}])  # fmt: skip
+        await rpc.close()
+        return account, logs
+
+    account, logs = asyncio.run(scenario())
+    mine = [lg for lg in logs if lg["topics"][1][-40:].lower() == account[2:].lower()]
+    assert len(mine) == 1, "liquidated exactly once on the canonical chain"
