@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from keeper.devchain.anvil import free_port
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import email
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,16 +26,12 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from keeper.alerts.contacts import Contact, InMemoryContacts
 from keeper.alerts.dispatcher import AlertDispatcher, AlertKind, OperatorAlert, Severity
 from keeper.alerts.sinks import DeliveryResult, EmailSink, Message, RetryPolicy, WebhookSink
+from keeper.devchain.anvil import free_port
 from keeper.risk.math import WarningTier as T
 
 FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 R = TypeVar("R")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------- SMTP receiver

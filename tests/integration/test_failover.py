@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from eth_abi import decode
 from eth_utils import keccak
 from sqlalchemy import create_engine, text
 
+from keeper.devchain.anvil import free_port
 from keeper.devchain.simulate import Rpc, simulate, trader_address
 from keeper.store.testdb import throwaway_database
 
@@ -33,11 +33,6 @@ LIQUIDATED = (
 )
 SETTLED = "FundingSettled(uint256,uint256,int256,uint256,int256,uint256,uint256)"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def liquidatable(rpc: Rpc, exchange: str) -> list[str]:

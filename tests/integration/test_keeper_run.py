@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 
 from keeper.alerts.contacts import Contact, SqlContacts
+from keeper.devchain.anvil import free_port
 from keeper.devchain.simulate import Rpc, simulate, trader_address
 from keeper.indexer.testing import Driver
 from keeper.store.engine import make_engine
@@ -42,11 +42,6 @@ USER_EMAIL = "trader@example.com"
 USDC = 10**6
 WAD = 10**18
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -36,6 +36,20 @@ pytestmark = pytest.mark.integration
 OTHER = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
 
 
+async def _victim(rpc: Any, dep: Any, traders: list[str]) -> tuple[str, int]:
+    """A liquidatable account after the crash, and a market it holds."""
+    exchange = dep.address("Exchange")
+    victims = await liquidatable(rpc, exchange, traders)
+    assert victims, "the crash made nobody liquidatable: the test proves nothing"
+    account = victims[0]
+    for m in dep.markets:
+        pos = calldata("positionOf(address,uint256)", ["address", "uint256"], [account, m.id])
+        raw = await rpc.call("eth_call", [{"to": exchange, "data": pos}, "latest"])
+        if decode(["int256"], bytes.fromhex(raw[2:66]))[0] != 0:
+            return account, m.id
+    raise AssertionError(f"{account} is liquidatable without a position")
+
+
 def test_batch_gas_covers_entries_a_pooled_rival_liquidation_settles(
     deployed: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -49,16 +63,7 @@ def test_batch_gas_covers_entries_a_pooled_rival_liquidation_settles(
 
     async def scenario() -> dict[str, Any]:
         rpc = k.rpc
-        victims = await liquidatable(rpc, exchange, traders)
-        assert victims, "the crash made nobody liquidatable: the test proves nothing"
-        account = victims[0]
-        market = -1
-        for m in dep.markets:
-            pos = calldata("positionOf(address,uint256)", ["address", "uint256"], [account, m.id])
-            raw = await rpc.call("eth_call", [{"to": exchange, "data": pos}, "latest"])
-            if decode(["int256"], bytes.fromhex(raw[2:66]))[0] != 0:
-                market = m.id
-                break
+        account, market = await _victim(rpc, dep, traders)
         data = liquidate_batch_data([(account, market)])
         await rpc.call("evm_setAutomine", [False])
         try:
@@ -110,16 +115,7 @@ def test_a_mined_batch_orphaned_by_a_reorg_is_followed_to_its_resend(
 
     async def scenario() -> tuple[str, list[dict[str, Any]]]:
         rpc, liq = k.rpc, k.liquidator
-        victims = await liquidatable(rpc, exchange, traders)
-        assert victims, "the crash made nobody liquidatable: the test proves nothing"
-        account = victims[0]
-        market = -1
-        for m in dep.markets:
-            pos = calldata("positionOf(address,uint256)", ["address", "uint256"], [account, m.id])
-            raw = await rpc.call("eth_call", [{"to": exchange, "data": pos}, "latest"])
-            if decode(["int256"], bytes.fromhex(raw[2:66]))[0] != 0:
-                market = m.id
-                break
+        account, market = await _victim(rpc, dep, traders)
         assert await liq.send([[PlannedEntry(account, market, 1, 0, False, 0, 0)]], 0)
         await liq.collect()  # automine: mined at once
         assert (liq.stats.mined_batches, liq.stats.liquidated) == (1, 1)
