@@ -274,6 +274,7 @@ class EventSpec:
     _json_fns: list[tuple[str, Callable[[Any], Any] | None]] = field(default_factory=list, repr=False)
     _native_fns: list[tuple[str, Callable[[Any], Any] | None]] = field(default_factory=list, repr=False)
     _order: list[str] = field(default_factory=list, repr=False)
+    _in_order: bool = False
 
     @classmethod
     def from_abi(cls, contract: str, abi: Mapping[str, Any]) -> EventSpec:
@@ -310,6 +311,7 @@ class EventSpec:
         spec._json_fns = [(p["name"], _json_fn(p)) for p in inputs]
         spec._native_fns = [(p["name"], _native_fn(p)) for p in inputs]
         spec._order = [p["name"] for p in inputs]
+        spec._in_order = [p["name"] for p in indexed] + [p["name"] for p in data] == spec._order
         return spec
 
     # ------------------------------------------------------------------------------------ decoding
@@ -341,6 +343,8 @@ class EventSpec:
                 out[name] = conv(v)
         if len(out) != len(self._order):  # duplicate names (never in our ABIs): keep ABI order anyway
             raise DecodeError(f"{self.name}: duplicate parameter names")
+        if self._in_order:  # indexed parameters first (most events): already in ABI order
+            return out
         return {k: out[k] for k in self._order}
 
     def to_json(self, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +143,7 @@ class Indexer:
         self.cp: CheckpointState | None = None
         self.stats = SyncStats()
         self._pool: ProcessPoolExecutor | None = None
+        self._workers_broken = False  # a pool failed once: threads from then on
         self._deriver = Deriver(store.decoder)  # folds in threads (no database, no row cache)
         self._last_head: int | None = None
         self._wake = asyncio.Event()
@@ -400,7 +402,13 @@ class Indexer:
         cid, contracts = self.target.chain_id, self.target.contracts
         if self._pool is not None:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, prepare_raw, raw, frm, to, ts, cid, contracts)
+            try:
+                return await loop.run_in_executor(self._pool, prepare_raw, raw, frm, to, ts, cid, contracts)
+            except BrokenProcessPool as exc:  # e.g. killed, or an unguarded __main__ re-run by a worker
+                if self._pool is not None:
+                    log.warning("decode workers failed (%s): decoding in the keeper's process instead", exc)
+                    self._stop_pool()
+                    self._workers_broken = True
         decoder, deriver = self.store.decoder, self._deriver
         return await asyncio.to_thread(prepare_raw, raw, frm, to, ts, cid, contracts, decoder, deriver)
 
@@ -478,7 +486,11 @@ class Indexer:
         depth = max(1, self.opts.pipeline_depth, self.opts.group_ranges)
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
         big = safe - self.cp.number > 1
-        if safe - self.cp.number >= self.opts.workers_from_blocks and self.opts.decode_workers > 0:
+        if (
+            safe - self.cp.number >= self.opts.workers_from_blocks
+            and self.opts.decode_workers > 0
+            and not self._workers_broken
+        ):
             self._start_pool()
         producer = asyncio.create_task(self._produce(self.cp.number + 1, safe, head, queue))
         if self.progress is not None and big:
