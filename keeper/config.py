@@ -55,8 +55,8 @@ class IndexerSettings(BaseModel):
     max_range: int = Field(default=100_000, ge=1)
     #: First block of a fresh index (default: the deployments file's deployment_block).
     start_block: int | None = Field(default=None, ge=0)
-    #: Ranges fetched ahead while the previous one is decoded and written (1 measured fastest on a
-    #: 2-core machine: deeper queues only add memory and compete with the writer for the CPU).
+    #: Decoded ranges queued for the writer at least (the queue also holds the ranges the writer joins
+    #: into one transaction); more only adds memory.
     pipeline_depth: int = Field(default=1, ge=1)
     #: eth_getLogs ranges grow while their answers stay below this many logs.
     target_logs: int = Field(default=5_000, ge=1)
