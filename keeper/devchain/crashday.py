@@ -299,6 +299,7 @@ class CrashDay:
         self.unplanned: list[str] = []
         #: files checked for key leaks besides the drill's own logs and databases
         self.leak_files: list[Path] = []
+        self.page_capture: tuple[int, bytes] = (0, b"")
 
     # ------------------------------------------------------------------ chain helpers
 
@@ -490,6 +491,7 @@ class CrashDay:
             while self._index_head(self.db) < self.tl.last_block and time.monotonic() < deadline:
                 time.sleep(0.2)
             self._stop_load(stop_file)
+            self._capture_page()
             codes = {name: p.stop() for name, p in self.procs.items()}
             # automine stays off until verified: on, it would mine what the keepers left in the pool
             # (e.g. a funding settlement) into a block after the last one they indexed
@@ -663,6 +665,7 @@ class CrashDay:
             self.log(f"crash over at block {self.tl.last_block} ({blocks_mined} blocks, {t_crash:.1f} s)")
             self._wait_index(self.tl.last_block, 60.0)
             self._stop_load(stop_file)
+            self._capture_page()
             codes = {name: p.stop() for name, p in self.procs.items()}
             report = self.verify(fund_before, codes, {
                 "skipped": "against the running node: its keeper's RPC is its own (no 429s, no outage)"})  # fmt: skip # noqa: E501
@@ -684,6 +687,25 @@ class CrashDay:
             cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
             cfg.report_path.write_text(json.dumps(report, indent=2, default=str))
         return report
+
+    #: what the key scan reads of the page: every public page and JSON endpoint, concatenated
+    PAGE_PATHS = ("/", "/rules", "/whales", "/api/insurance-fund", "/api/markets", "/api/liquidations",
+                  "/api/anomalies", "/api/whales", "/api/openapi.json")  # fmt: skip
+
+    def _capture_page(self) -> None:
+        """The public page and API as served at the end of the crash, for the key scan (the keepers'
+        page dies with them); status: the worst of the answers (0 when one did not answer)."""
+        answers = []
+        for path in self.PAGE_PATHS:
+            for _ in range(40):  # the node's per-client rate limit may still hold the load's burst
+                answer = http_get(self.base + path)
+                if answer[0] != 429:
+                    break
+                time.sleep(0.25)
+            answers.append(answer)
+        statuses = [a[0] for a in answers]
+        status = 0 if 0 in statuses else max(statuses)
+        self.page_capture = (status, b"\n".join(a[1] for a in answers))
 
     def _stop_load(self, stop_file: Path) -> None:
         """Lets the load generator see its stop file and write its figures (SIGTERM would lose them)."""
@@ -980,8 +1002,10 @@ class CrashDay:
 
         # the keys: nowhere in logs, databases or page
         leaks = []
-        # (the drill's own keeper is stopped by now: its page was checked through the load's samples)
-        status, page = http_get(self.base + "/")
+        # the page as served at the end of the crash (captured before the keepers were stopped)
+        status, page = self.page_capture
+        if status != 200:
+            failures.append(f"the page did not answer at the end of the crash (status {status})")
         blobs = [p.log_path for p in self.procs.values()] + list(self.work.glob("*.db*")) + self.leak_files
         for key in KEYS:
             bare = key[2:].lower().encode()
