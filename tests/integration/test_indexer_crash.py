@@ -184,3 +184,51 @@ def test_pg_url_without_driver_is_accepted(new_db: Callable[[], str], db_kind: s
                 assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
     finally:
         engine.dispose()
+
+
+def test_a_decode_worker_killed_mid_backfill_falls_back_to_threads(
+    deployed: Any, new_db: Callable[[], str], db_kind: str, tmp_path: Path, caplog: Any
+) -> None:
+    """The OOM killer (or an operator) kills a decode worker during a catch-up: the indexer warns, goes
+    on decoding in its own process, and the index equals a fresh one."""
+    import asyncio
+
+    from keeper.indexer.fetch import RpcClient
+    from keeper.indexer.sync import Indexer, SyncOptions
+    from keeper.indexer.testing import open_store
+
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=12, seed=12, blocks=60)
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target)
+    killed: list[int] = []
+
+    async def main() -> int:
+        opts = SyncOptions(reorg_window=store.window, initial_range=2, max_range=2, workers_from_blocks=1)
+        with FaultProxy(url, delay=0.05) as proxy:  # slow enough that the kill lands mid-backfill
+            async with RpcClient(proxy.url, timeout=30.0) as rpc:
+                ix = Indexer(rpc, store, opts)
+                run = asyncio.create_task(ix.run(until_head=True))
+                for _ in range(600):
+                    pool = ix._pool
+                    procs = dict(getattr(pool, "_processes", None) or {})
+                    if procs and (ix.cp is not None and ix.cp.number > 5):
+                        pid = next(iter(procs))
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                        break
+                    await asyncio.sleep(0.02)
+                cp = await run
+                assert ix._pool is None, "the broken pool must be shut down"
+                return cp.number
+
+    try:
+        with caplog.at_level("WARNING", logger="keeper.indexer.sync"):
+            number = asyncio.run(main())
+        assert killed, "no decode worker was running mid-backfill: the test proves nothing"
+        assert number == w3.eth.block_number
+        assert "decode workers failed" in caplog.text
+        fresh = fresh_dump(url, target, db_kind, tmp_path / "fresh", decode_workers=0)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+    finally:
+        engine.dispose()
