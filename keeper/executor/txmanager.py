@@ -260,11 +260,13 @@ class TxManager:
         purpose: str = "",
         value: int = 0,
         min_gas: int = 0,
+        estimate_also: Sequence[str] = (),
     ) -> TxHandle:
         """Simulates, estimates gas, allocates a nonce, signs, journals and broadcasts; a revert raises
         :class:`SimulationReverted` before anything is allocated. ``min_gas`` floors the estimated
-        limit: an estimate at ``pending`` may take a cheap path (e.g. entries another keeper's pooled
-        transaction already settles) that the transaction will not take if mined first."""
+        limit; ``estimate_also``: more blocks to estimate at (concurrently), the largest wins. An estimate
+        at ``pending`` may take a cheap path (e.g. entries another keeper's pooled transaction already
+        settles) that the transaction will not take if mined first: ``latest`` does not see that pool."""
         if not self.started:
             await self.recover()
         to = to_checksum_address(to)
@@ -272,12 +274,17 @@ class TxManager:
         call = {"from": self.sender, "to": to, "data": data_hex, "value": _hex(value)}
         await self._simulate(call, self.simulate_block)
         if gas is None:
-            try:
-                est = int(await self.rpc.call("eth_estimateGas", [call, self.simulate_block]), 16)
-            except RpcError as exc:
-                if _is_revert(exc):
-                    raise _revert_reason(exc) from None
-                raise
+            blocks = [self.simulate_block, *(b for b in estimate_also if b != self.simulate_block)]
+            answers = await asyncio.gather(
+                *(self.rpc.call("eth_estimateGas", [call, b]) for b in blocks), return_exceptions=True
+            )
+            first = answers[0]
+            if isinstance(first, RpcError) and _is_revert(first):
+                raise _revert_reason(first) from None
+            if isinstance(first, BaseException):
+                raise first
+            # an extra block's estimate that fails (e.g. reverts there) does not count
+            est = max(int(a, 16) for a in answers if isinstance(a, str))
             gas = max(int(est * self.gas_margin), min_gas)
         head, base_fee, tip = await self._market()
         fees = initial_fees(base_fee, tip, self.cap, base_multiplier=self.base_fee_multiplier)
