@@ -475,10 +475,7 @@ class CrashDay:
             t_ready = time.monotonic() - t_start
             self.log(f"keepers ready at block {head} ({t_ready:.1f} s)")
             stop_file = self.work / "load.stop"
-            self.procs["load"] = Proc("load", [sys.executable, "-m", "keeper.devchain.crashday", "load",
-                "--base", self.base, "--out", str(self.work / "load.json"), "--stop-file", str(stop_file),
-                "--concurrency", str(cfg.load_concurrency)], dict(os.environ), self.work / "load.log")  # fmt: skip # noqa: E501
-            self.procs["load"].start()
+            self._start_load(stop_file)
             fund_before = self._fund_balance("latest")
 
             # -------- the crash
@@ -655,10 +652,7 @@ class CrashDay:
             self._wait_index(head, cfg.startup_timeout)
             t_ready = time.monotonic() - t_start
             self.log(f"the running keeper has indexed the seeded traders (block {head}, {t_ready:.1f} s)")
-            self.procs["load"] = Proc("load", [sys.executable, "-m", "keeper.devchain.crashday", "load",
-                "--base", self.base, "--out", str(self.work / "load.json"), "--stop-file", str(stop_file),
-                "--concurrency", str(cfg.load_concurrency)], dict(os.environ), self.work / "load.log")  # fmt: skip # noqa: E501
-            self.procs["load"].start()
+            self._start_load(stop_file)
             fund_before = self._fund_balance("latest")
             blocks_mined = self._crash(prices, None)
             t_crash = time.monotonic() - t_start - t_ready
@@ -706,6 +700,14 @@ class CrashDay:
         statuses = [a[0] for a in answers]
         status = 0 if 0 in statuses else max(statuses)
         self.page_capture = (status, b"\n".join(a[1] for a in answers))
+
+    def _start_load(self, stop_file: Path) -> None:
+        """The page under load from another process until ``stop_file`` appears (figures in load.json)."""
+        argv = [sys.executable, "-m", "keeper.devchain.crashday", "load", "--base", self.base,
+                "--out", str(self.work / "load.json"), "--stop-file", str(stop_file),
+                "--concurrency", str(self.cfg.load_concurrency)]  # fmt: skip
+        self.procs["load"] = Proc("load", argv, dict(os.environ), self.work / "load.log")
+        self.procs["load"].start()
 
     def _stop_load(self, stop_file: Path) -> None:
         """Lets the load generator see its stop file and write its figures (SIGTERM would lose them)."""

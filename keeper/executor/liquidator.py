@@ -35,7 +35,7 @@ from eth_utils import keccak, to_checksum_address
 from sqlalchemy.exc import OperationalError
 
 from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
-from keeper.executor.batching import Candidate, GasModel, plan_batches
+from keeper.executor.batching import Candidate, GasModel, batch_gas_floor, plan_batches
 from keeper.executor.txmanager import SimulationReverted, TxHandle, TxManager
 from keeper.observability.latency import LiquidationLatency
 from keeper.observability.metrics import METRICS, KeeperMetrics
@@ -192,11 +192,10 @@ class Liquidator:
         # All of this block's batches at once: each submit simulates and estimates gas on its own
         # (disjoint accounts), only nonce allocation and broadcast are serialized by the manager's lock.
         # One after another, two full batches took longer than a 1 s block.
-        # The gas is also estimated at 'latest' (the larger wins): at 'pending' the estimate takes the
-        # cheap skip path for entries another keeper's pooled transaction settles; mined before that
-        # transaction (a higher tip, or a reorg re-including both in another order) ours would
-        # liquidate them for real and run out of gas. (Not the gas model's worst case as a floor: at
-        # ~3x the real cost, two batches' limits no longer fit in one block beside the oracle updates.)
+        # The estimate (at 'pending', and at 'latest': the larger wins) takes the cheap skip path for
+        # entries another keeper's pooled or just-mined transaction settles; mined before it (a higher
+        # tip, or a reorg re-including both in another order) ours liquidates them for real: the limit
+        # is floored at what every entry costs for real (batch_gas_floor).
         txm = self.txm
         results = await asyncio.gather(
             *(
@@ -205,6 +204,7 @@ class Liquidator:
                     liquidate_batch_data([(e.account, e.market) for e in batch]),
                     purpose="liquidation",
                     estimate_also=("latest",),
+                    min_gas=batch_gas_floor(len(batch), self.gas),
                 )
                 for batch in batches
             ),

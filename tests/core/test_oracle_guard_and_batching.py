@@ -46,3 +46,18 @@ def test_min_reward_policy() -> None:
     cands = [Candidate("poor", 0, 100, reward=1), Candidate("rich", 0, 1, reward=1_000)]
     assert [c.account for c in plan_batches(cands, 30_000_000)[0]] == ["poor", "rich"]
     assert [c.account for c in plan_batches(cands, 30_000_000, min_reward=10)[0]] == ["rich"]
+
+
+def test_batch_gas_floor_covers_a_cold_entry_and_two_full_batches_fit_one_block() -> None:
+    """The floor a batch is sent with: a lone entry gets the cold worst case; the keeper's two full
+    batches of a 30M block (fill 0.5) still fit one block together with room for the oracle updates."""
+    from keeper.executor.batching import batch_gas_floor
+
+    gas = GasModel()
+    assert batch_gas_floor(0) == 0
+    assert batch_gas_floor(1) == batch_gas(1) >= 264_022  # measured: one cold full liquidation
+    cands = [Candidate(f"a{i}", 0, shortfall=i, reward=1) for i in range(500)]
+    batches = plan_batches(cands, 30_000_000, gas=gas, fill=0.5, max_batches=2)
+    assert len(batches) == 2 and all(len(b) == 57 for b in batches)
+    assert sum(batch_gas_floor(len(b)) for b in batches) <= 0.6 * 30_000_000
+    assert all(batch_gas_floor(len(b)) >= len(b) * 79_000 * 1.5 for b in batches)  # 1.5x the mean measured
