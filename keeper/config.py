@@ -289,6 +289,9 @@ class AnomalySettings(BaseModel):
     enabled: bool = True
     #: How often the watch looks at the index checkpoint (seconds).
     poll_interval: float = Field(default=2.0, gt=0, le=60)
+    #: Operator alerts per pass, one per flag; the rest of a pass's flags go out as one summary alert
+    #: (e.g. a first pass over a long history). Every flag is stored, logged and counted regardless.
+    alerts_per_pass: int = Field(default=5, ge=1)
     #: Optional block-time bound on every window (seconds), on top of the windows in blocks.
     window_seconds: int | None = Field(default=None, ge=1)
     #: One account taking more than this share of a market's open interest (both sides) ...

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -527,18 +527,32 @@ class AnomalyWatch:
     async def announce(self, flags: Sequence[Flag]) -> None:
         from keeper.alerts.dispatcher import AlertKind, OperatorAlert, Severity
 
+        alerts: list[OperatorAlert] = []
+        warn = Severity.WARNING
         for f in flags:
             self.metrics.anomaly_flags.labels(rule=f.rule).inc()
             self.raised.append(f)
             text = f.text(self.symbols) + " — flagged for review; the keeper takes no action"
             log.warning("anomaly: %s", text)
-            if self.dispatcher is None:
-                continue
+            if len(alerts) < self.settings.alerts_per_pass:
+                subject = f"{f.rule}:{f.subject}@{f.block}"
+                alerts.append(OperatorAlert(AlertKind.ANOMALY, text, subject=subject, severity=warn))
+        rest = flags[self.settings.alerts_per_pass :]
+        if rest:  # one summary instead of a flood (an operator reads the list on the page)
+            by_rule = Counter(f.rule for f in rest)
+            counts = ", ".join(f"{rule}: {n}" for rule, n in sorted(by_rule.items()))
+            last = max(f.block for f in flags)
+            alerts.append(OperatorAlert(
+                AlertKind.ANOMALY,
+                f"{len(rest)} more anomaly flags up to block {last} ({counts}) — listed on /api/anomalies "
+                "and the page; flagged for review, the keeper takes no action",
+                subject=f"summary@{last}:{len(flags)}", severity=Severity.WARNING,
+            ))  # fmt: skip
+        if self.dispatcher is None:
+            return
+        for alert in alerts:
             try:
-                await self.dispatcher.alert(
-                    OperatorAlert(AlertKind.ANOMALY, text, subject=f"{f.rule}:{f.subject}@{f.block}",
-                                  severity=Severity.WARNING)
-                )  # fmt: skip
+                await self.dispatcher.alert(alert)
             except Exception as exc:  # noqa: BLE001 - a sink failing must not stop the watch
                 log.warning("anomaly alert delivery failed: %s", exc)
 
