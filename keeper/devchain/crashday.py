@@ -50,10 +50,7 @@ from keeper.devchain.simulate import GWEI, Rpc, calldata, simulate, trader_addre
 from keeper.errors import KeeperError
 
 #: anvil's public dev accounts: 3 the keeper under test, 4/5 its funding/ADL keys, 6 the competitor.
-KEEPER_KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
-FUNDING_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
-ADL_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"
-RIVAL_KEY = "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e"
+KEEPER_KEY, FUNDING_KEY, ADL_KEY, RIVAL_KEY = DEV_KEYS[3:7]
 KEYS = (KEEPER_KEY, FUNDING_KEY, ADL_KEY, RIVAL_KEY)
 
 FEED_SCALE = 10**8
