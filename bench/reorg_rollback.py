@@ -6,7 +6,7 @@ blocks (4 % of the traders act per block), indexed to the head into SQLite. Then
 database, ``rollback`` above ``head - depth`` (nothing committed) with:
 
 - **baseline**: the latest-event lookups ordered by ``block_number`` (SQLite then walks
-  ``ix_events_block`` backwards through every event when the key has none of the kind);
+  ``uq_events_position`` backwards through every event when the key has none of the kind);
 - **current**: ``keeper.indexer.derive`` as it is (``block_number + 0``: the key's own index).
 
 Both must return the same rows (checked: the derived tables after each rollback are compared). Prints

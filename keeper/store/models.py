@@ -13,13 +13,18 @@ Python ints on both databases). Three kinds of tables:
   ``risk_params``, ``tier_limits``): each column is either the value carried by the latest event of its
   group for that key (the contracts' events carry the resulting state) or a sum of per-event
   contributions; a rollback recomputes the touched keys (see :mod:`keeper.indexer.derive`).
+
+``events`` and the append-only histories have one unique index each, on the log's position
+``(chain_id, block_number, log_index)``: the index holds one chain at a time (a rollback deletes
+everything above the fork block before re-indexing), so this is stronger than uniqueness on the block
+hash, and cheaper to maintain than an index keyed by a random hash (see :func:`_position_unique`).
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, Table
 from sqlmodel import Field, SQLModel
 
 from keeper.store.types import BigInt, JsonDoc
@@ -34,11 +39,21 @@ def big(nullable: bool = False, default: int | None = None) -> Any:
     return Field(default=default, sa_column=Column(BigInt(), nullable=nullable))
 
 
+def _position_unique(table: str) -> Index:
+    """The one unique index of an event table: the log's position (chain, block number, log index).
+
+    The index holds one chain at a time (a rollback deletes everything above the fork block before the
+    new branch is written), so a position names at most one log; and since a block hash determines its
+    number, this is a stronger guarantee than uniqueness on (chain, block hash, log index). It is also
+    the index the block-range queries need, and keyed by small integers instead of a random 66-character
+    hash it is much cheaper to maintain on insert (one index instead of a hash-keyed unique constraint
+    plus a block index: migration 0006).
+    """
+    return Index(f"uq_{table}_position", "chain_id", "block_number", "log_index", unique=True)
+
+
 def _event_ref_indexes(table: str) -> tuple[Any, ...]:
-    return (
-        UniqueConstraint("chain_id", "block_hash", "log_index", name=f"uq_{table}_log"),
-        Index(f"ix_{table}_block", "chain_id", "block_number"),
-    )
+    return (_position_unique(table),)
 
 
 # ------------------------------------------------------------------------------ raw and bookkeeping
@@ -49,8 +64,8 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "events"
     __table_args__ = (
-        UniqueConstraint("chain_id", "block_hash", "log_index", name="uq_events_log"),
-        Index("ix_events_block", "chain_id", "block_number", "log_index"),
+        # Unique on the log's position, see _position_unique (also the block-range index).
+        Index("uq_events_position", "chain_id", "block_number", "log_index", unique=True),
         Index("ix_events_account", "chain_id", "account", "event_name", "block_number"),
         Index("ix_events_market", "chain_id", "market_id", "event_name", "block_number"),
         Index("ix_events_name", "chain_id", "event_name", "block_number"),

@@ -1,0 +1,149 @@
+"""Schema migrations applied to a database that already holds data, on SQLite and on PostgreSQL.
+
+* 0006 (one unique index on the log's position instead of the hash-keyed unique constraint plus a
+  block index): rows written at 0005 survive the upgrade (SQLite rebuilds the tables), a second log at
+  the same (chain_id, block_number, log_index) is refused, and the migration goes down and up again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, insert, inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from keeper.store.engine import make_engine
+from keeper.store.migrate import alembic_config, current_revision
+from keeper.store.models import APPEND_ONLY, EVENTS, POSITION_CHANGES, TABLES, metadata
+
+CHAIN = 31337
+EVENT_TABLES = [EVENTS.name, *(t.name for t in APPEND_ONLY)]
+POSITION = ["chain_id", "block_number", "log_index"]
+
+EVENT_ROW: dict[str, Any] = {
+    "chain_id": CHAIN,
+    "block_number": 7,
+    "block_hash": "0x" + "ab" * 32,
+    "block_timestamp": 1_700_000_000,
+    "tx_hash": "0x" + "cd" * 32,
+    "tx_index": 0,
+    "log_index": 3,
+    "address": "0x" + "e1" * 20,
+    "contract": "Exchange",
+    "event_name": "PositionChanged",
+    "account": "0x" + "a1" * 20,
+    "market_id": 1,
+    "args": {"sizeDelta": str(10**30), "reason": 0},
+}
+POSITION_CHANGE_ROW: dict[str, Any] = {
+    "chain_id": CHAIN,
+    "block_number": 7,
+    "block_hash": "0x" + "ab" * 32,
+    "block_timestamp": 1_700_000_000,
+    "tx_hash": "0x" + "cd" * 32,
+    "log_index": 3,
+    "account": "0x" + "a1" * 20,
+    "market_id": 1,
+    "reason": 0,
+    "size_delta": 10**30,
+    "price": 2**255 - 1,
+    "size_after": 10**30,
+    "entry_price_after": 3_000 * 10**18,
+    "entry_funding_index_after": -(10**40),
+    "realized_pnl": 0,
+    "funding_paid": 0,
+    "fee": 12345,
+    "collateral_after": 10**24,
+}
+
+
+def _alembic(engine: Engine, action: Callable[..., None], revision: str) -> None:
+    """``command.upgrade``/``downgrade`` as :func:`keeper.store.migrate.upgrade` runs them."""
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        action(cfg, revision)
+
+
+def _rows(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    with engine.connect() as conn:
+        return {
+            t.name: [dict(r._mapping) for r in conn.execute(select(t).order_by(t.c.id))]
+            for t in (EVENTS, POSITION_CHANGES)
+        }
+
+
+def _schema_diffs(engine: Engine) -> list[Any]:
+    """Differences between the database and the models, on the indexer's tables."""
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    mine = {t.name for t in TABLES}
+
+    def table_of(diff: Any) -> str | None:
+        if isinstance(diff, list):  # column-level changes come grouped: (op, schema, table, column, ...)
+            return str(diff[0][2])
+        obj = diff[1]  # (op, Index | UniqueConstraint | Table | ..., ...)
+        table = getattr(obj, "table", None)
+        return str(table.name) if table is not None else getattr(obj, "name", None)
+
+    return [d for d in diffs if table_of(d) in mine]
+
+
+def test_0006_keeps_the_rows_and_makes_the_position_unique(
+    new_db: Callable[[], str],
+) -> None:
+    engine = make_engine(new_db())
+    try:
+        _alembic(engine, command.upgrade, "0005")
+        with engine.begin() as conn:
+            conn.execute(insert(EVENTS), [EVENT_ROW])
+            conn.execute(insert(POSITION_CHANGES), [POSITION_CHANGE_ROW])
+        before = _rows(engine)
+        assert len(before["events"]) == len(before["position_changes"]) == 1
+        assert len(_schema_diffs(engine)) == 3 * len(EVENT_TABLES)  # 0005 is not the models' schema
+
+        _alembic(engine, command.upgrade, "head")
+        assert current_revision(engine) == "0006"
+        assert _rows(engine) == before  # ids included
+        insp = inspect(engine)
+        for table in EVENT_TABLES:
+            indexes = {ix["name"]: ix for ix in insp.get_indexes(table)}
+            position = indexes[f"uq_{table}_position"]
+            assert position["unique"] and position["column_names"] == POSITION
+            assert f"ix_{table}_block" not in indexes
+            assert f"uq_{table}_log" not in {uc["name"] for uc in insp.get_unique_constraints(table)}
+        assert _schema_diffs(engine) == []
+
+        # Another log at the same position (a different block hash: another branch) is refused.
+        other = {"block_hash": "0x" + "ef" * 32, "tx_hash": "0x" + "01" * 32}
+        for t, row in ((EVENTS, EVENT_ROW), (POSITION_CHANGES, POSITION_CHANGE_ROW)):
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(insert(t), [{**row, **other}])
+        # The next log of the block is fine.
+        with engine.begin() as conn:
+            conn.execute(insert(EVENTS), [{**EVENT_ROW, "log_index": 4}])
+            conn.execute(insert(POSITION_CHANGES), [{**POSITION_CHANGE_ROW, "log_index": 4}])
+        after = _rows(engine)
+        assert [r["log_index"] for r in after["events"]] == [3, 4]
+        assert [r["log_index"] for r in after["position_changes"]] == [3, 4]
+
+        # Down to 0005 (the hash-keyed constraint and the block index are back) and up again.
+        _alembic(engine, command.downgrade, "0005")
+        assert current_revision(engine) == "0005"
+        assert _rows(engine) == after
+        insp = inspect(engine)
+        for table in EVENT_TABLES:
+            names = {ix["name"] for ix in insp.get_indexes(table)}
+            assert f"ix_{table}_block" in names and f"uq_{table}_position" not in names
+            assert f"uq_{table}_log" in {uc["name"] for uc in insp.get_unique_constraints(table)}
+        _alembic(engine, command.upgrade, "head")
+        assert current_revision(engine) == "0006"
+        assert _rows(engine) == after
+        assert _schema_diffs(engine) == []
+    finally:
+        engine.dispose()
