@@ -840,7 +840,7 @@ class Deriver:
             q = select(EVENTS).where(e.chain_id == chain_id, e.event_name == name, e.contract == contract)
             if filt is not None:
                 q = q.where(*(e[col] == v for col, v in filt.items()))
-            # `+ 0` when filtered: SQLite otherwise walks ix_events_block backwards (it satisfies the
+            # `+ 0` when filtered: SQLite otherwise walks uq_events_position backwards (it satisfies the
             # ORDER BY) through EVERY event when the key has none of this kind (a reorg's rollback of a
             # 2,000-trader book took ~90 s); so it uses the key's own index and sorts its few rows
             newest = e.block_number + 0 if filt is not None else e.block_number

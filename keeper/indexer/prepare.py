@@ -15,12 +15,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
 import orjson
 
-from keeper.indexer.decode import DecodeError, EventDecoder, checksum_address
+from keeper.indexer.decode import DecodeError, EventDecoder, EventSpec, checksum_address
 from keeper.indexer.derive import Deriver, Folded
 from keeper.indexer.records import MAX_BIGINT, LogRecord
 from keeper.store.bulk import wire_columns
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 EVENT_COLUMNS = wire_columns(EVENTS)
 _EXPECTED = ["chain_id", "block_number", "block_hash", "block_timestamp", "tx_hash", "tx_index", "log_index",
              "address", "contract", "event_name", "account", "market_id", "args"]  # fmt: skip
-if EVENT_COLUMNS != _EXPECTED:  # event_wire below builds rows in this order
+if EVENT_COLUMNS != _EXPECTED:  # _decode below builds rows in this order
     raise AssertionError(f"events columns changed: {EVENT_COLUMNS}")
 
 
@@ -73,15 +72,65 @@ def decode_logs(
 ) -> tuple[list[LogRecord], list[int]]:
     """LogRecords in chain order (unknown or malformed logs keep raw topics/data), and the blocks
     whose timestamp is missing (neither in the log nor in ``timestamps``)."""
-    out: list[LogRecord] = []
+    d = _decode(logs, None, timestamps, 0, contracts, decoder)
+    return d.records, d.missing
+
+
+@dataclass
+class _Decoded:
+    records: list[LogRecord]
+    rows: list[tuple[Any, ...]]  # their ``events`` wire rows
+    blocks: dict[int, str]
+    problem: str | None
+    missing: list[int]
+
+
+def _decode(
+    logs: Sequence[Mapping[str, Any]],
+    span: tuple[int, int] | None,
+    timestamps: Mapping[int, int],
+    chain_id: int,
+    contracts: Mapping[str, str],
+    decoder: EventDecoder,
+) -> _Decoded:
+    """One pass over a range's logs: checks (removed logs, blocks outside ``span``, a block with two
+    hashes: the chain changed under the query), records for the deriver and ``events`` rows (the args'
+    JSON text straight from the compiled decoders). The hot loop of a backfill: keep it lean."""
+    records: list[LogRecord] = []
+    rows: list[tuple[Any, ...]] = []
+    blocks: dict[int, str] = {}
     missing: set[int] = set()
+    by_block: dict[str, tuple[int, str, int | None]] = {}  # blockNumber as sent -> (number, hash, ts)
     addresses: dict[str, tuple[str | None, str]] = {}  # as sent -> (contract, checksummed)
+    tx_hashes: dict[str, str] = {}
+    specs = decoder.by_contract
+    unknown: dict[tuple[str, int], EventSpec] = {}
+    last = (-1, -1)
+    in_order = True
     for lg in logs:
-        bn = int(lg["blockNumber"], 16)
-        ts_hex = lg.get("blockTimestamp")
-        ts = int(ts_hex, 16) if ts_hex else timestamps.get(bn)
-        if ts is None:
-            missing.add(bn)
+        bn_hex = lg["blockNumber"]
+        blk = by_block.get(bn_hex)
+        block_hash = lg["blockHash"].lower()
+        if blk is not None and blk[1] == block_hash:
+            block_hash = blk[1]  # one string per block and per transaction: pickled once each
+        elif blk is None:
+            bn = int(bn_hex, 16)
+            if span is not None and not span[0] <= bn <= span[1]:
+                return _Decoded(
+                    [], [], blocks, f"log of block {bn} removed or outside {span[0]}-{span[1]}", []
+                )
+            if blocks.setdefault(bn, block_hash) != block_hash:
+                return _Decoded([], [], blocks, f"logs of block {bn} from two chains", [])
+            ts_hex = lg.get("blockTimestamp")
+            ts = int(ts_hex, 16) if ts_hex else timestamps.get(bn)
+            if ts is None:
+                missing.add(bn)
+            blk = by_block[bn_hex] = (bn, block_hash, ts)
+        elif blk[1] != block_hash:
+            return _Decoded([], [], blocks, f"logs of block {blk[0]} from two chains", [])
+        bn = blk[0]
+        if lg.get("removed"):
+            return _Decoded([], [], blocks, f"log of block {bn} removed", [])
         address = lg["address"]
         known = addresses.get(address)
         if known is None:
@@ -89,72 +138,48 @@ def decode_logs(
         contract = known[0]
         topics = lg["topics"]
         data = lg["data"]
+        li = int(lg["logIndex"], 16)
         spec = None
-        try:
-            spec = decoder.spec_for(topics, contract) if contract is not None else None
-            args = spec.decode(topics, data) if spec is not None else None
-        except DecodeError as exc:
-            log.warning("undecodable log at block %d index %s: %s", bn, lg.get("logIndex"), exc)
-            spec, args = None, None
-        if spec is None or args is None:
-            spec, args = None, {"topics": [t.lower() for t in topics], "data": data.lower()}
-        out.append(
-            LogRecord(
-                bn,
-                lg["blockHash"].lower(),
-                ts,
-                lg["transactionHash"].lower(),
-                int(lg["transactionIndex"], 16),
-                int(lg["logIndex"], 16),
-                known[1],
-                contract,
-                spec.name if spec is not None else None,
-                args,
-                spec,
-            )
-        )
-    out.sort(key=attrgetter("block_number", "log_index"))  # nodes answer in this order already
-    return out, sorted(missing)
-
-
-def event_wire(r: LogRecord, chain_id: int) -> tuple[Any, ...]:
-    """The ``events`` row of a record, as wire values (args as JSON text: wide ints as strings)."""
-    if r.spec is not None:
-        account = r.args.get("account")
-        market = r.args.get("marketId")
-        args = r.spec.to_json(r.args)
-    else:
+        if contract is not None and topics:
+            spec = specs.get(contract, unknown).get((topics[0].lower(), len(topics)))
+            if spec is None and contract not in specs:
+                spec = decoder.spec_for(topics, contract)
         account = market = None
-        args = r.args
-    return (
-        chain_id,
-        r.block_number,
-        r.block_hash,
-        r.block_timestamp,
-        r.tx_hash,
-        r.tx_index,
-        r.log_index,
-        r.address,
-        r.contract,
-        r.event_name,
-        account if isinstance(account, str) else None,
-        market if isinstance(market, int) and 0 <= market <= MAX_BIGINT else None,
-        orjson.dumps(args).decode(),
-    )
-
-
-def check_logs(logs: Sequence[Mapping[str, Any]], frm: int, to: int) -> tuple[dict[int, str], str | None]:
-    """(block -> hash of its logs, a problem or None): removed logs, blocks outside [frm, to], and one
-    block seen with two hashes mean the chain changed under the query."""
-    blocks: dict[int, str] = {}
-    for lg in logs:
-        bn = int(lg["blockNumber"], 16)
-        if lg.get("removed") or not frm <= bn <= to:
-            return blocks, f"log of block {bn} removed or outside {frm}-{to}"
-        h = lg["blockHash"].lower()
-        if blocks.setdefault(bn, h) != h:
-            return blocks, f"logs of block {bn} from two chains"
-    return blocks, None
+        if spec is not None:
+            try:
+                args, text = spec.decode_json(topics, data)
+                account = args.get("account")
+                market = args.get("marketId")
+            except DecodeError as exc:
+                log.warning("undecodable log at block %d index %s: %s", bn, li, exc)
+                spec = None
+        if spec is None:
+            args = {"topics": [t.lower() for t in topics], "data": data.lower()}
+            text = orjson.dumps(args).decode()
+        name = spec.name if spec is not None else None
+        tx_hash = lg["transactionHash"].lower()
+        tx_hash = tx_hashes.setdefault(tx_hash, tx_hash)
+        tx_index = int(lg["transactionIndex"], 16)
+        records.append(
+            LogRecord(bn, block_hash, blk[2], tx_hash, tx_index, li, known[1], contract, name, args, spec)
+        )
+        rows.append(
+            (
+                chain_id, bn, block_hash, blk[2], tx_hash, tx_index, li, known[1], contract, name,
+                account if account.__class__ is str else None,
+                market if market.__class__ is int and 0 <= market <= MAX_BIGINT else None,
+                text,
+            )
+        )  # fmt: skip
+        if in_order:
+            here = (bn, li)
+            in_order = here > last
+            last = here
+    if not in_order:  # nodes answer in chain order already
+        order = sorted(range(len(records)), key=lambda i: (records[i].block_number, records[i].log_index))
+        records = [records[i] for i in order]
+        rows = [rows[i] for i in order]
+    return _Decoded(records, rows, blocks, None, sorted(missing))
 
 
 def prepare_logs(
@@ -167,13 +192,12 @@ def prepare_logs(
     decoder: EventDecoder,
     deriver: Deriver,
 ) -> Prepared:
-    blocks, problem = check_logs(logs, frm, to)
-    if problem is not None:
-        return Prepared([], Folded({}, {}), blocks, problem)
-    records, missing = decode_logs(logs, timestamps, contracts, decoder)
-    if missing:
-        return Prepared([], Folded({}, {}), blocks, None, tuple(missing))
-    return Prepared([event_wire(r, chain_id) for r in records], deriver.fold(chain_id, records), blocks)
+    d = _decode(logs, (frm, to), timestamps, chain_id, contracts, decoder)
+    if d.problem is not None:
+        return Prepared([], Folded({}, {}), d.blocks, d.problem)
+    if d.missing:
+        return Prepared([], Folded({}, {}), d.blocks, None, tuple(d.missing))
+    return Prepared(d.rows, deriver.fold(chain_id, d.records), d.blocks)
 
 
 # ------------------------------------------------------------------------------ worker side

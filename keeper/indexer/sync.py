@@ -143,6 +143,7 @@ class Indexer:
         self.cp: CheckpointState | None = None
         self.stats = SyncStats()
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_starting: asyncio.Future[ProcessPoolExecutor] | None = None
         self._workers_broken = False  # a pool failed once: threads from then on
         self._deriver = Deriver(store.decoder)  # folds in threads (no database, no row cache)
         self._last_head: int | None = None
@@ -447,13 +448,33 @@ class Indexer:
             return fr
 
     async def _fetch_cover(self, frm: int, to: int, head: int) -> list[FetchedRange]:
-        """Ranges covering exactly [frm, to] (split when the node or the log count asks for it)."""
-        out: list[FetchedRange] = []
-        while frm <= to:
-            fr = await self._fetch_adaptive(frm, to, head)
-            out.append(fr)
-            frm = fr.to_block + 1
-        return out
+        """Ranges covering exactly [frm, to] (split when the node or the log count asks for it).
+
+        When the first range comes back shorter than asked (a denser stretch than the span was sized
+        for), the rest is fetched in pieces of the new span, ``fetch_concurrency`` at a time: a dense
+        stretch is not walked one small range after the other.
+        """
+        first = await self._fetch_adaptive(frm, to, head)
+        if first.to_block >= to:
+            return [first]
+        pieces, cur = [], first.to_block + 1
+        while cur <= to:
+            pieces.append((cur, min(to, cur + self.range.size - 1)))
+            cur = pieces[-1][1] + 1
+        slots = asyncio.Semaphore(max(1, self.opts.fetch_concurrency))
+
+        async def piece(a: int, b: int) -> list[FetchedRange]:
+            async with slots:
+                return await self._fetch_cover(a, b, head)
+
+        tasks = [asyncio.ensure_future(piece(a, b)) for a, b in pieces]
+        try:
+            parts = await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()  # after a failure: the others are not needed
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return [first, *(fr for part in parts for fr in part)]
 
     async def _produce(self, start: int, safe: int, head: int, queue: asyncio.Queue[Any]) -> None:
         """Fetches ranges ahead, ``fetch_concurrency`` at a time, and queues them in chain order."""
@@ -540,18 +561,45 @@ class Indexer:
         return completed
 
     def _start_pool(self) -> None:
+        """Starts the decode workers in a thread: the forkserver imports the decoding modules (about
+        0.5 s) while the first ranges are fetched and prepared here; :meth:`_prepare` uses the pool
+        from the moment it is ready."""
+        if self._pool is not None or self._pool_starting is not None:
+            return
+        starting = asyncio.get_running_loop().run_in_executor(None, self._new_pool)
+        self._pool_starting = starting
+
+        def ready(f: asyncio.Future[ProcessPoolExecutor]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if self._pool_starting is not f:  # stopped meanwhile: not needed any more
+                if exc is None:
+                    f.result().shutdown(wait=False, cancel_futures=True)
+                return
+            self._pool_starting = None
+            if exc is not None:
+                log.warning("decode workers did not start (%s): decoding in the keeper's process", exc)
+                self._workers_broken = True
+            else:
+                self._pool = f.result()
+
+        starting.add_done_callback(ready)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
         """Decode workers for a backfill: forked from a clean server process that imported the decoding
         modules once (nothing shared with this process's threads, no import per worker)."""
-        if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["keeper.indexer.prepare"])
-            self._pool = ProcessPoolExecutor(
-                self.opts.decode_workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)
-            )
-            for _ in range(self.opts.decode_workers):
-                self._pool.submit(warm_up)  # the imports happen while the first ranges are fetched
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["keeper.indexer.prepare"])
+        pool = ProcessPoolExecutor(
+            self.opts.decode_workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)
+        )
+        for _ in range(self.opts.decode_workers):
+            pool.submit(warm_up)  # the decoder is built while the first ranges are fetched
+        return pool
 
     def _stop_pool(self) -> None:
+        self._pool_starting = None  # a pool still starting is shut down once ready (see _start_pool)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from eth_abi import encode
 from eth_utils import keccak
@@ -196,6 +197,15 @@ def test_matches_web3(decoder: EventDecoder, contract: str, abi: dict[str, Any])
         js = spec.to_json(ours)
         assert spec.from_json(js) == ours
         _check_json_ints(abi["inputs"], js)
+        # the compiled path (static events) gives what the generic one gives, JSON text included
+        assert (spec._fast is None) == (not spec._data_static)
+        generic = spec.decode_generic(topics, data)
+        assert generic == ours
+        assert spec.decode_json(topics, data) == (ours, orjson.dumps(spec.to_json(generic)).decode())
+        if spec._fast is not None:
+            assert spec._fast(topics, data) is not None  # a node's well-formed log takes the fast path
+            upper = [t[:2] + t[2:].upper() for t in topics], data[:2] + data[2:].upper()
+            assert spec.decode_json(*upper) == spec.decode_json(topics, data)
 
     check()
 
@@ -236,6 +246,11 @@ def test_signed_and_checksum_details(decoder: EventDecoder) -> None:
         ("Deposited", lambda t, d: ([t[0], "0x" + "01" * 32, t[2]], d)),  # address with dirty padding
         ("EducationSet", lambda t, d: (t, "0x" + "00" * 31 + "02")),  # bool = 2
         ("TierChanged", lambda t, d: (t, "0x" + "01" * 32 + d[66:])),  # uint8 out of range
+        ("Withdrawn", lambda t, d: (t, d[:-1] + "g")),  # not hex
+        ("Withdrawn", lambda t, d: (t, d[:10] + "_" + d[11:])),  # int() would take an underscore
+        ("Withdrawn", lambda t, d: (t, d[:10] + " " + d[11:])),  # ... or a space
+        ("Withdrawn", lambda t, d: (t, "1x" + d[2:])),  # no 0x prefix
+        ("Deposited", lambda t, d: ([t[0], t[1][:-1] + "g", t[2]], d)),  # topic not hex
     ],
 )
 def test_malformed_logs_raise(decoder: EventDecoder, event: str, mutate: Any) -> None:
@@ -250,6 +265,9 @@ def test_malformed_logs_raise(decoder: EventDecoder, event: str, mutate: Any) ->
     bad_topics, bad_data = mutate(topics, data)
     with pytest.raises(DecodeError):
         decoder.decode(bad_topics, bad_data, "Exchange")
+    with pytest.raises(DecodeError):
+        spec.decode_json(bad_topics, bad_data)
+    assert spec._fast is not None and spec._fast(bad_topics, bad_data) is None  # left to the precise path
 
 
 def test_unknown_topic_and_foreign_abi(decoder: EventDecoder) -> None:
