@@ -42,12 +42,13 @@ from eth_abi import decode  # noqa: E402
 from eth_account import Account  # noqa: E402
 from eth_utils import keccak  # noqa: E402
 
+from keeper.devchain.anvil import DEV_KEYS  # noqa: E402
 from keeper.devchain.simulate import Rpc, RpcError, Simulator, calldata, make_profiles  # noqa: E402
 
 #: anvil's public dev accounts 3..5 (as tests/integration/test_keeper_run.py): never real keys.
-KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
-FUNDING_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
-ADL_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"
+KEY = DEV_KEYS[3]
+FUNDING_KEY = DEV_KEYS[4]
+ADL_KEY = DEV_KEYS[5]
 LIQUIDATED_TOPIC = (
     "0x"
     + keccak(

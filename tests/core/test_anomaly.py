@@ -167,8 +167,9 @@ def test_watch_stores_alerts_and_counts_each_flag_once(tmp_path: Path, per_pass:
         ])  # fmt: skip
     sink = _Sink()
     metrics = KeeperMetrics(CollectorRegistry())
-    settings = AnomalySettings(oi_min_usd=0, oi_share_bps=3_000, loop_min_count=6, funding_min_accounts=5,
-                               alerts_per_pass=per_pass)
+    settings = AnomalySettings(
+        oi_min_usd=0, oi_share_bps=3_000, loop_min_count=6, funding_min_accounts=5, alerts_per_pass=per_pass
+    )
     watch = AnomalyWatch(engine, 1, settings, AlertDispatcher([sink]), metrics=metrics, symbols={0: "ETH"})
     flags = asyncio.run(watch.run_once())
     assert sorted(f.rule for f in flags) == ["funding_source", "oi_share", "open_close_loop", "oracle_jump"]

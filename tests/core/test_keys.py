@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from keeper.devchain.anvil import DEV_KEYS
 from keeper.errors import KeeperError
 from keeper.executor.keys import load_signer, redact, write_keystore
 
 # anvil's public dev account 3 — a well-known, worthless key.
-DEV_KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
+DEV_KEY = DEV_KEYS[3]
 DEV_ADDR = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 
 

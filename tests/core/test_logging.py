@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from keeper.devchain.anvil import DEV_KEYS
 from keeper.executor.keys import load_signer
 from keeper.observability.logging import (
     configure_logging,
@@ -20,7 +21,7 @@ from keeper.observability.logging import (
 )
 
 # anvil's public dev account 4 — a well-known, worthless key.
-DEV_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
+DEV_KEY = DEV_KEYS[4]
 BARE = DEV_KEY[2:]
 
 

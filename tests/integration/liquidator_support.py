@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from keeper.chain.rpc import RpcClient
+from keeper.devchain.anvil import DEV_KEYS
 from keeper.executor.journal import TxJournal
 from keeper.executor.keys import Signer, load_signer
 from keeper.executor.liquidator import Liquidator, run_loop
@@ -30,8 +31,8 @@ from keeper.store.migrate import upgrade
 IS_LIQ = "isLiquidatable(address)"
 #: anvil's public dev accounts 3 and 4: the two keepers' keys (never real keys).
 KEEPER_KEYS = (
-    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
-    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    DEV_KEYS[3],
+    DEV_KEYS[4],
 )
 
 

@@ -33,7 +33,6 @@ FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 R = TypeVar("R")
 
 
-
 # ----------------------------------------------------------------------------- SMTP receiver
 
 

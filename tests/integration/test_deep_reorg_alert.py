@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from alert_receivers import Inbox, alert_env, free_port, receivers, wait_for
 
-from keeper.devchain.anvil import rpc_call
+from keeper.devchain.anvil import DEV_KEYS, rpc_call
 from keeper.indexer.testing import Driver
 
 pytestmark = pytest.mark.integration
 
 WINDOW = 5
-KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"  # anvil dev account 3
+KEY = DEV_KEYS[3]  # anvil dev account 3
 
 
 def checkpoint(db: Path) -> int | None:

@@ -20,19 +20,18 @@ from eth_abi import decode
 from eth_utils import keccak
 from sqlalchemy import create_engine, text
 
-from keeper.devchain.anvil import free_port
+from keeper.devchain.anvil import DEV_KEYS, free_port
 from keeper.devchain.simulate import Rpc, simulate, trader_address
 from keeper.store.testdb import throwaway_database
 
-KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"  # anvil dev account 3
-FUNDING_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil dev account 4
+KEY = DEV_KEYS[3]  # anvil dev account 3
+FUNDING_KEY = DEV_KEYS[4]  # anvil dev account 4
 TRADERS = 300
 SEED = 13
 LIQUIDATED = (
     "Liquidated(address,uint256,(address,int256,uint256,uint256,uint256,uint256,bool,int256,uint256,int256))"
 )
 SETTLED = "FundingSettled(uint256,uint256,int256,uint256,int256,uint256,uint256)"
-
 
 
 def liquidatable(rpc: Rpc, exchange: str) -> list[str]:

@@ -16,11 +16,11 @@ from eth_utils import keccak
 from sqlalchemy import create_engine, text
 
 from keeper.chain.connect import connect
-from keeper.devchain.anvil import Anvil
+from keeper.devchain.anvil import DEV_KEYS, Anvil
 from keeper.devchain.simulate import Rpc, simulate, trader_address
 
-KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"  # anvil dev account 3
-FUNDING_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil dev account 4
+KEY = DEV_KEYS[3]  # anvil dev account 3
+FUNDING_KEY = DEV_KEYS[4]  # anvil dev account 4
 TRADERS = 200
 SEED = 9
 

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
 from keeper.chain.rpc import RpcClient
+from keeper.devchain.anvil import DEV_KEYS
 from keeper.executor.funding import ExchangeViews, FundingSettler, settle_calldata, update_figures
 from keeper.executor.journal import TxJournal, TxState
 from keeper.executor.keys import Signer
@@ -39,7 +40,7 @@ WAD = 10**18
 HOUR = 3_600
 #: anvil's public dev keys 6..8 (accounts 0..2 are admin/risk admin/guardian, 3..5 our traders)
 DEV = {
-    6: "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
+    6: DEV_KEYS[6],
     7: "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
     8: "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
 }

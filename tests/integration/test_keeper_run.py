@@ -28,20 +28,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 
 from keeper.alerts.contacts import Contact, SqlContacts
-from keeper.devchain.anvil import free_port
+from keeper.devchain.anvil import DEV_KEYS, free_port
 from keeper.devchain.simulate import Rpc, simulate, trader_address
 from keeper.indexer.testing import Driver
 from keeper.store.engine import make_engine
 
-KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"  # anvil dev account 3
-FUNDING_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil dev account 4
-ADL_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"  # anvil dev account 5
+KEY = DEV_KEYS[3]  # anvil dev account 3
+FUNDING_KEY = DEV_KEYS[4]  # anvil dev account 4
+ADL_KEY = DEV_KEYS[5]  # anvil dev account 5
 TRADERS = 300
 SEED = 5
 USER_EMAIL = "trader@example.com"
 USDC = 10**6
 WAD = 10**18
-
 
 
 def get(url: str) -> tuple[int, bytes]:
