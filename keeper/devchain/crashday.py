@@ -407,6 +407,18 @@ class CrashDay:
 
     # ------------------------------------------------------------------ run
 
+    def _fresh_workdir(self) -> None:
+        """The drill's folder, emptied of the previous run's files (logs, databases)."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        for old in self.work.glob("*"):
+            if old.is_file():
+                old.unlink()
+
+    def _save(self, report: dict[str, Any]) -> None:
+        if self.cfg.report_path is not None:
+            self.cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
+            self.cfg.report_path.write_text(json.dumps(report, indent=2, default=str))
+
     def run(self) -> dict[str, Any]:
         from keeper.chain.connect import connect
         from keeper.devchain.deploy import deploy
@@ -414,10 +426,7 @@ class CrashDay:
 
         cfg = self.cfg
         t_start = time.monotonic()
-        self.work.mkdir(parents=True, exist_ok=True)
-        for old in self.work.glob("*"):
-            if old.is_file():
-                old.unlink()
+        self._fresh_workdir()
         self.db, self.rival_db = self.work / "keeper.db", self.work / "rival.db"
         self.db_url = f"sqlite:///{self.db}"
         self.journal_url = f"sqlite:///{self.db.with_suffix('.journal.db')}"
@@ -496,9 +505,7 @@ class CrashDay:
                                "block_interval_seconds": cfg.block_interval}  # fmt: skip
             report["seconds"] = {"setup": round(t_setup, 1), "ready": round(t_ready, 1),
                                  "crash": round(t_crash, 1), "total": round(time.monotonic() - t_start, 1)}  # fmt: skip # noqa: E501
-        if cfg.report_path is not None:
-            cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
-            cfg.report_path.write_text(json.dumps(report, indent=2, default=str))
+        self._save(report)
         return report
 
     def _crash(self, prices: Sequence[float], proxy: Any | None) -> int:
@@ -594,10 +601,7 @@ class CrashDay:
 
         cfg = self.cfg
         t_start = time.monotonic()
-        self.work.mkdir(parents=True, exist_ok=True)
-        for old in self.work.glob("*"):
-            if old.is_file():
-                old.unlink()
+        self._fresh_workdir()
         self.rpc = Rpc(node.rpc_url)
         try:
             client = str(self.rpc.call("web3_clientVersion"))
@@ -674,9 +678,7 @@ class CrashDay:
                            "accounts_watched": len(self.addrs), "block_interval_seconds": cfg.block_interval}  # fmt: skip # noqa: E501
         report["seconds"] = {"setup": round(t_setup, 1), "ready": round(t_ready, 1),
                              "crash": round(t_crash, 1), "total": round(time.monotonic() - t_start, 1)}  # fmt: skip # noqa: E501
-        if cfg.report_path is not None:
-            cfg.report_path.parent.mkdir(parents=True, exist_ok=True)
-            cfg.report_path.write_text(json.dumps(report, indent=2, default=str))
+        self._save(report)
         return report
 
     #: what the key scan reads of the page: every public page and JSON endpoint, concatenated
