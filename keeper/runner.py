@@ -80,17 +80,12 @@ class KeeperNode:
         failure: list[BaseException] = []
         try:
             if self.parts.serve:
-                from keeper.publisher.service import start_metrics
+                from keeper.observability.metrics import start_metrics
 
                 page = PageServerProcess(s, s.server.host, s.server.port)
                 await page.start()
                 watch = asyncio.ensure_future(page.watch(stop, failure))
-                try:
-                    runners = await start_metrics(s)
-                except OSError as exc:
-                    raise KeeperError(
-                        f"cannot listen on {s.metrics.host}:{s.metrics.port}: {exc.strerror}"
-                    ) from None
+                runners = await start_metrics(s)  # KeeperError "cannot listen on ..." when it cannot
             elector = LeaderElector.from_settings(s, engine, dep.chain_id, dep.address("Exchange")).start()
             try:
                 await self._follow_leadership(elector, engine, rpc, dep, stop)

@@ -7,6 +7,12 @@ are rolled back and re-indexed; a deeper one stops the indexer with an error, af
 operator alert (alerts.webhooks, alerts.email). Blocks are indexed once indexer.confirmations deep.
 Stop with Ctrl-C (or SIGTERM): the range being written is committed first, and the next run resumes
 from there.
+
+Following the chain, it serves Prometheus metrics on metrics.host:metrics.port + metrics.path (when
+metrics.enabled; a port that cannot be bound is an error at start): keeper_index_lag_blocks,
+keeper_events_indexed_total (this run's), keeper_events_indexed_per_second, keeper_reorgs_total{depth},
+keeper_rpc_errors_total{kind}, and keeper_head_age_seconds (now - the latest head's timestamp, read
+with each poll). --until-head serves none: a job that exits has nothing to scrape.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, metavar="PATH", help="TOML config file (default: config/dev.toml)"
     )
     parser.add_argument(
-        "--until-head", action="store_true", help="backfill up to the current head, then exit"
+        "--until-head",
+        action="store_true",
+        help="backfill up to the current head, then exit (no metrics server)",
     )
     parser.add_argument(
         "--from-block", type=int, metavar="N",

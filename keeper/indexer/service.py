@@ -60,18 +60,25 @@ def make_indexer(
     rpc: RpcClient,
     progress: Progress | None = None,
     metrics: Any = None,
+    *,
+    head_age: bool = False,
 ) -> Indexer:
+    """``metrics``: a :class:`keeper.observability.metrics.KeeperMetrics` the indexer feeds; ``head_age``:
+    it also feeds ``keeper_head_age_seconds`` (one more call in each poll's batch)."""
     store = IndexStore(engine, target, EventDecoder.for_contracts(), settings.indexer.reorg_window)
     ws = settings.chain.ws_url if settings.indexer.use_ws else None
-    return Indexer(
-        rpc, store, SyncOptions.from_settings(settings.indexer), progress=progress, ws_url=ws, metrics=metrics
-    )
+    opts = SyncOptions.from_settings(settings.indexer)
+    return Indexer(rpc, store, opts, progress=progress, ws_url=ws, metrics=metrics, head_age=head_age)
 
 
 def run_index(
     settings: Any, *, until_head: bool, start_block: int | None = None, progress: bool = True
 ) -> CheckpointState | None:
-    """Runs the indexer in a new event loop until the head (or until SIGINT/SIGTERM)."""
+    """Runs the indexer in a new event loop until the head (or until SIGINT/SIGTERM).
+
+    Following the chain (not ``until_head``) with ``metrics.enabled``, it serves the indexer's metrics
+    (:data:`keeper.observability.metrics.METRICS`) on ``metrics.host:metrics.port`` while it runs; a port
+    that cannot be bound is a :class:`KeeperError` before anything is indexed."""
     target = load_target(settings, start_block)
     engine = open_database(settings)
     try:
@@ -83,9 +90,25 @@ def run_index(
 async def _run(
     settings: Any, engine: Engine, target: IndexTarget, *, until_head: bool, progress: bool
 ) -> CheckpointState | None:
+    from keeper.observability.metrics import METRICS, start_metrics
+
+    serve_metrics = not until_head and settings.metrics.enabled  # a job that exits has nothing to scrape
+    runners = await start_metrics(settings) if serve_metrics else []
+    try:
+        return await _index(settings, engine, target, until_head=until_head, progress=progress,
+                            metrics=METRICS if serve_metrics else None)  # fmt: skip
+    finally:
+        for r in runners:
+            await r.cleanup()
+
+
+async def _index(
+    settings: Any, engine: Engine, target: IndexTarget, *, until_head: bool, progress: bool, metrics: Any
+) -> CheckpointState | None:
     stop = asyncio.Event()
     async with make_rpc(settings) as rpc:
-        ix = make_indexer(settings, engine, target, rpc, Progress() if progress else None)
+        ix = make_indexer(settings, engine, target, rpc, Progress() if progress else None, metrics,
+                          head_age=metrics is not None)  # fmt: skip
         task = asyncio.create_task(ix.run(until_head=until_head, stop=stop))
         loop = asyncio.get_running_loop()
 

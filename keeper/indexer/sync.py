@@ -125,6 +125,7 @@ class Indexer:
         progress: Progress | None = None,
         ws_url: str | None = None,
         metrics: Any = None,
+        head_age: bool = False,
     ) -> None:
         self.rpc = rpc
         self.store = store
@@ -132,8 +133,13 @@ class Indexer:
         self.opts = options or SyncOptions()
         self.progress = progress
         self.ws_url = ws_url
-        #: optional :class:`keeper.observability.metrics.KeeperMetrics` (index lag, events, reorgs)
+        #: optional :class:`keeper.observability.metrics.KeeperMetrics` (index lag, events, reorgs, RPC
+        #: errors)
         self.metrics = metrics
+        #: with ``metrics``: each poll also reads the latest header (in the same batch as the head's
+        #: number) and feeds its timestamp to ``keeper_head_age_seconds`` (``keeper index``; under
+        #: ``keeper run`` the operator watch feeds it instead)
+        self.head_age = head_age
         self.range = AdaptiveRange(
             min(self.opts.initial_range, max(self.opts.first_range, self.opts.min_range)),
             self.opts.min_range,
@@ -195,7 +201,7 @@ class Indexer:
         if self.cp is None:
             await self.start()
         assert self.cp is not None
-        cid, head = await self.rpc.chain_id_and_head()
+        cid, head = await self._poll_head()
         self._check_chain_id(cid)
         if self._last_head is not None and head < self._last_head:
             log.warning(
@@ -213,12 +219,24 @@ class Indexer:
             if safe <= self.cp.number or await self._catch_up(safe, head):
                 return self.cp.number, safe
             # the chain changed during the catch-up: check the tip again at the new head
-            cid, head = await self.rpc.chain_id_and_head()
+            cid, head = await self._poll_head()
             self._check_chain_id(cid)
             self._last_head = self.stats.head = head
         raise KeeperError(
             "the chain keeps changing under the indexer (reorgs during every attempt): giving up"
         )
+
+    async def _poll_head(self) -> tuple[int, int]:
+        """Chain id and head number (one batch); with ``head_age``, the latest header in the same batch,
+        its timestamp observed as the chain head's (whatever ``confirmations``: the head itself)."""
+        if not self.head_age or self.metrics is None:
+            return await self.rpc.chain_id_and_head()
+        cid, number, latest = await self.rpc.batch(
+            [("eth_chainId", []), ("eth_blockNumber", []), ("eth_getBlockByNumber", ["latest", False])]
+        )
+        if isinstance(latest, dict) and latest.get("timestamp") is not None:
+            self.metrics.observe_head(int(latest["timestamp"], 16))
+        return int(cid, 16), int(number, 16)
 
     async def _check_tip(self, head: int) -> bool:
         """True when the checkpoint is on the chain (after handling a reorg if there was one)."""

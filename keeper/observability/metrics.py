@@ -7,14 +7,18 @@ Prometheus conventions: seconds, blocks, wei; the fund balance is in USD (collat
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from keeper.errors import KeeperError
 from keeper.risk.math import WarningTier
 
 __all__ = [
@@ -25,7 +29,10 @@ __all__ = [
     "metrics_app",
     "metrics_handler",
     "reorg_depth_bucket",
+    "start_metrics",
 ]
+
+log = logging.getLogger("keeper.server")
 
 LIQUIDATION_OUTCOMES = ("sent", "mined", "failed", "lost_race")
 #: (upper bound inclusive, label) — a reorg's depth in blocks, bucketed to keep label cardinality fixed.
@@ -224,3 +231,26 @@ def metrics_app(registry: CollectorRegistry | None = None, path: str = "/metrics
     app = web.Application()
     app.router.add_get(path, metrics_handler(registry))
     return app
+
+
+async def start_metrics(settings: Any) -> list[web.AppRunner]:
+    """Serves :data:`METRICS` on ``metrics.host:metrics.port`` + ``metrics.path`` when ``metrics.enabled``;
+    returns the runner to clean up (none when disabled). A port in use or an address that cannot be bound
+    raises :class:`KeeperError` ("cannot listen on host:port: reason"), the CLI's one error line.
+
+    Used by ``keeper run``, ``keeper serve`` and ``keeper index``."""
+    m = settings.metrics
+    if not m.enabled:
+        return []
+    runner = web.AppRunner(metrics_app(path=m.path), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, m.host, m.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        # asyncio's text repeats the address ("error while attempting to bind on address ..."): the
+        # errno's reads better; a name that does not resolve (gaierror) keeps its own text
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+        raise KeeperError(f"cannot listen on {m.host}:{m.port}: {reason}") from None
+    log.info("metrics on http://%s:%d%s", m.host, m.port, m.path)
+    return [runner]

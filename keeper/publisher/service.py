@@ -13,6 +13,7 @@ from aiohttp import web
 from keeper.chain.deployments import load as load_deployment
 from keeper.chain.rpc import RpcClient
 from keeper.errors import KeeperError
+from keeper.observability.metrics import start_metrics
 
 log = logging.getLogger("keeper.server")
 
@@ -81,21 +82,12 @@ async def start_server(settings: Any, engine: Any, dep: Any, rpc: RpcClient | No
     runners.append(runner)
     log.info("serving the public page on http://%s:%d/", host, port)
     if metrics:
-        runners += await start_metrics(settings)
+        try:
+            runners += await start_metrics(settings)
+        except KeeperError:  # "cannot listen on <metrics address>": the page's site is closed too
+            await runner.cleanup()
+            raise
     return runners
-
-
-async def start_metrics(settings: Any) -> list[web.AppRunner]:
-    """Starts the internal metrics app (if enabled) on this process's registry; returns its runner."""
-    from keeper.observability.metrics import metrics_app
-
-    if not settings.metrics.enabled:
-        return []
-    m = web.AppRunner(metrics_app(path=settings.metrics.path), access_log=None)
-    await m.setup()
-    await web.TCPSite(m, settings.metrics.host, settings.metrics.port).start()
-    log.info("metrics on http://%s:%d%s", settings.metrics.host, settings.metrics.port, settings.metrics.path)
-    return [m]
 
 
 def serve_child(settings: Any, host: str, port: int, parent_pid: int, ready: Any) -> None:
