@@ -617,6 +617,8 @@ class Deriver:
         self._cache: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
         self._cached = 0
         self._pending: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
+        #: (chain id, table) -> keys whose pending row is not written yet (see :meth:`flush`)
+        self._dirty: dict[tuple[int, str], dict[tuple[Any, ...], None]] = {}  # keys in first-touch order
 
     # ---------------------------------------------------------------------------------- row cache
 
@@ -634,11 +636,13 @@ class Deriver:
     def begin(self) -> None:
         """A new write transaction: forget rows computed by one that did not commit."""
         self._pending = {}
+        self._dirty = {}
 
     def clear(self) -> None:
         """Forgets every cached row (after a rollback or a failed commit)."""
         self._cache.clear()
         self._pending = {}
+        self._dirty = {}
         self._cached = 0
 
     # ---------------------------------------------------------------------------------- forward
@@ -646,6 +650,7 @@ class Deriver:
     def apply(self, conn: Connection, chain_id: int, records: Iterable[LogRecord]) -> None:
         """Folds ``records`` (in chain order, already inserted into ``events``) onto the derived tables."""
         self.apply_folded(conn, chain_id, self.fold(chain_id, list(records)))
+        self.flush(conn)
 
     def fold(self, chain_id: int, records: Sequence[LogRecord]) -> Folded:
         """What ``records`` (in chain order) do to the derived tables; no database needed (workers).
@@ -692,7 +697,9 @@ class Deriver:
         )
 
     def apply_folded(self, conn: Connection, chain_id: int, folded: Folded) -> None:
-        """Writes a :meth:`fold` result onto the current rows (cached or read back) and the histories."""
+        """Applies a :meth:`fold` result: history rows inserted, current rows (cached or read back)
+        updated in memory; :meth:`flush` writes those, once per key for all the ranges of a
+        transaction (a backfill's transaction holds several ranges that touch the same accounts)."""
         ctx = Context(conn, chain_id)
         for ts in self.tables:
             keys = folded.touches.get(ts.table.name)
@@ -713,10 +720,7 @@ class Deriver:
                     existing[k] = row
             if missing:
                 existing.update(self._load(conn, chain_id, ts, missing))
-            names = ["chain_id", *ts.key_cols]
-            names += [c.name for c in ts.table.columns if c.name not in names]
-            get = itemgetter(*names)
-            rows = []
+            dirty = self._dirty.setdefault((chain_id, ts.table.name), {})
             for key, (sets, adds) in keys.items():
                 old_row = existing.get(key)
                 if old_row is None:
@@ -729,12 +733,25 @@ class Deriver:
                 for col, n in adds.items():
                     row[col] += n
                 pending[key] = row
-                rows.append(get(row))
-            upsert_rows(conn, ts.table, names[: 1 + len(ts.key_cols)], names, rows)
+                dirty[key] = None
         for proj_table in APPEND_ONLY:
             new_rows = folded.appends.get(proj_table.name)
             if new_rows:
                 insert_wire(conn, proj_table, _wire_of(proj_table)[0], new_rows)
+
+    def flush(self, conn: Connection) -> None:
+        """Upserts the current-state rows changed since the last flush (one executemany per table)."""
+        dirty, self._dirty = self._dirty, {}
+        for ts in self.tables:
+            for (chain_id, name), keys in dirty.items():
+                if name != ts.table.name or not keys:
+                    continue
+                names = ["chain_id", *ts.key_cols]
+                names += [c.name for c in ts.table.columns if c.name not in names]
+                get = itemgetter(*names)
+                pending = self._pending[(chain_id, name)]
+                rows = [get(pending[k]) for k in keys]
+                upsert_rows(conn, ts.table, names[: 1 + len(ts.key_cols)], names, rows)
 
     # ---------------------------------------------------------------------------------- rollback
 

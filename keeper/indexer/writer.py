@@ -202,6 +202,7 @@ class IndexStore:
                 new = self._move_checkpoint(conn, expected, frs[-1].to_block, frs[-1].to_hash)
                 for fr, p in zip(frs, prepared, strict=True):
                     self._write(conn, fr, p)
+                self.deriver.flush(conn)
         except BaseException:
             self.deriver.clear()  # the derived rows it computed were not stored
             raise
@@ -237,6 +238,7 @@ class IndexStore:
                 conn.execute(insert(BLOCKS), [h.row(self.chain_id) for h in older_headers])
             if fr is not None and prepared is not None:
                 self._write(conn, fr, prepared)
+                self.deriver.flush(conn)
         self.deriver.clear()
         return new, removed
 
