@@ -189,7 +189,9 @@ def test_failover_and_rate_limits_across_two_urls_equal_a_direct_index(
     try:
         with (
             FaultProxy(url, rate_limit=0.5, retry_after="0.02", delay=0.005) as primary,
-            FaultProxy(url, delay=0.005) as secondary,
+            # the secondary is slower, so that the backfill outlasts the primary's down_for after its
+            # revival (a fast indexer otherwise finished on the secondary: nothing left to go back for)
+            FaultProxy(url, delay=0.05) as secondary,
         ):
 
             async def main() -> Any:
