@@ -25,14 +25,18 @@ CHAIN = 31337
 EVENT_TABLES = [EVENTS.name, *(t.name for t in APPEND_ONLY)]
 POSITION = ["chain_id", "block_number", "log_index"]
 
-EVENT_ROW: dict[str, Any] = {
+#: what a log's rows share: its place on the chain
+REF: dict[str, Any] = {
     "chain_id": CHAIN,
     "block_number": 7,
     "block_hash": "0x" + "ab" * 32,
     "block_timestamp": 1_700_000_000,
     "tx_hash": "0x" + "cd" * 32,
-    "tx_index": 0,
     "log_index": 3,
+}
+EVENT_ROW: dict[str, Any] = {
+    **REF,
+    "tx_index": 0,
     "address": "0x" + "e1" * 20,
     "contract": "Exchange",
     "event_name": "PositionChanged",
@@ -41,12 +45,7 @@ EVENT_ROW: dict[str, Any] = {
     "args": {"sizeDelta": str(10**30), "reason": 0},
 }
 POSITION_CHANGE_ROW: dict[str, Any] = {
-    "chain_id": CHAIN,
-    "block_number": 7,
-    "block_hash": "0x" + "ab" * 32,
-    "block_timestamp": 1_700_000_000,
-    "tx_hash": "0x" + "cd" * 32,
-    "log_index": 3,
+    **REF,
     "account": "0x" + "a1" * 20,
     "market_id": 1,
     "reason": 0,
