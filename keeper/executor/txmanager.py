@@ -272,12 +272,23 @@ class TxManager:
         to = to_checksum_address(to)
         data_hex = data if isinstance(data, str) else "0x" + data.hex()
         call = {"from": self.sender, "to": to, "data": data_hex, "value": _hex(value)}
-        await self._simulate(call, self.simulate_block)
+        # The simulation, the estimates and the fee market at once: a liquidation batch's simulation and
+        # estimates are each a full execution of the batch by the node, and one after the other they
+        # made a step longer than a block under a crash (heads skipped, accounts waiting a block more).
+        blocks = (
+            []
+            if gas is not None
+            else [self.simulate_block, *(b for b in estimate_also if b != self.simulate_block)]
+        )
+        sim, market, *answers = await asyncio.gather(
+            self._simulate(call, self.simulate_block),
+            self._market(),
+            *(self.rpc.call("eth_estimateGas", [call, b]) for b in blocks),
+            return_exceptions=True,
+        )
+        if isinstance(sim, BaseException):
+            raise sim  # SimulationReverted first: nothing is allocated
         if gas is None:
-            blocks = [self.simulate_block, *(b for b in estimate_also if b != self.simulate_block)]
-            answers = await asyncio.gather(
-                *(self.rpc.call("eth_estimateGas", [call, b]) for b in blocks), return_exceptions=True
-            )
             first = answers[0]
             if isinstance(first, RpcError) and _is_revert(first):
                 raise _revert_reason(first) from None
@@ -286,7 +297,9 @@ class TxManager:
             # an extra block's estimate that fails (e.g. reverts there) does not count
             est = max(int(a, 16) for a in answers if isinstance(a, str))
             gas = max(int(est * self.gas_margin), min_gas)
-        head, base_fee, tip = await self._market()
+        if isinstance(market, BaseException):
+            raise market
+        head, base_fee, tip = market
         fees = initial_fees(base_fee, tip, self.cap, base_multiplier=self.base_fee_multiplier)
         async with self._lock:
             assert self._next_nonce is not None
