@@ -62,6 +62,7 @@ SOURCE_REASONS = (
     "timestamp in the future",
     "stale answer",
 )
+FUTURE = SOURCE_REASONS.index("timestamp in the future")  # readSource's code for it
 STATUS_NAMES = ("Active", "ReduceOnly", "Paused")
 ACCOUNT_EVENTS = ("Deposited", "Withdrawn", "BadDebtSettled")
 READ_SOURCE = "readSource(uint256,uint8)"
@@ -113,6 +114,12 @@ class MarketQuote:
     heartbeat: int
     status: str
     verdict: Verdict
+
+
+@dataclass(frozen=True)
+class _Reading:
+    quote: MarketQuote
+    future: bool  # a source answered "timestamp in the future" (see LiveBook.read_marks)
 
 
 @dataclass
@@ -351,9 +358,30 @@ class LiveBook:
         return ("eth_call", [{"to": to, "data": data}, block])
 
     async def read_marks(self, block: int | None = None) -> dict[int, MarketQuote]:
-        """Reads every market's oracle at ``block`` (default latest) in one batch and applies verdicts."""
+        """Reads every market's oracle at ``block`` (default latest) in one batch and applies verdicts.
+
+        An answer newer than the block it is read at cannot happen on a consistent read (a feed's
+        ``updatedAt`` is the timestamp of the block that wrote it). Anvil produces one when a block is
+        mined while the batch runs: the calls see the new block's state with the old block's timestamp,
+        and every market updated in the new block would be untrusted for a block (seen in crash drills:
+        a block without liquidations). So a "timestamp in the future" reading is read once more, at the
+        head by then; a feed that really claims a future time is still refused by the second read.
+        """
         assert self.book is not None
-        tag = hex(block) if block is not None else "latest"
+        number, now, quotes = await self._read_quotes(hex(block) if block is not None else "latest")
+        if any(q.future for q in quotes.values()):
+            log.info("oracle answers newer than block %d (read during a new block?): reading again", number)
+            number, now, quotes = await self._read_quotes("latest")
+        self.quotes = {m: q.quote for m, q in quotes.items()}
+        self.mark_block = number
+        for m, q in self.quotes.items():
+            self._set_trust(m, q)
+            if q.verdict.trusted and q.mark is not None:
+                self.book.set_mark(m, q.mark)
+        return self.quotes
+
+    async def _read_quotes(self, tag: str) -> tuple[int, int, dict[int, _Reading]]:
+        """(block number, its timestamp, market -> reading) of one batch at ``tag``."""
         calls: list[tuple[str, Sequence[Any]]] = [("eth_getBlockByNumber", [tag, False])]
         for m in self.markets:
             calls += [
@@ -378,17 +406,12 @@ class LiveBook:
             f = _dec(FEED_TYPES, r[3])
             heartbeat, paused = int(f[2]), bool(f[8])
             (st,) = _dec(["uint8"], r[4])
-            quotes[m] = MarketQuote(
+            quote = MarketQuote(
                 m, number, int(mark) if ok else None, int(p), int(s), heartbeat, STATUS_NAMES[min(st, 2)],
                 self._verdict(int(p), int(rp), int(s), int(rs), now, heartbeat, paused, bool(ok)),
             )  # fmt: skip
-        self.quotes = quotes
-        self.mark_block = number
-        for m, q in quotes.items():
-            self._set_trust(m, q)
-            if q.verdict.trusted and q.mark is not None:
-                self.book.set_mark(m, q.mark)
-        return quotes
+            quotes[m] = _Reading(quote, FUTURE in (int(rp), int(rs)))
+        return number, now, quotes
 
     def _verdict(
         self, p: int, rp: int, s: int, rs: int, now: int, heartbeat: int, paused: bool, mark_ok: bool
