@@ -37,6 +37,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from keeper.errors import exit_code  # noqa: E402
+
 CACHE = REPO / "var" / "bench"
 GAS_LIMIT = "1000000000"
 
@@ -501,4 +504,4 @@ def table(res: dict[str, dict[str, Any]]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         raise SystemExit(_worker(sys.argv[1:]))
-    raise SystemExit(main())
+    raise SystemExit(exit_code(main))

@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from _crash import REPO, is_liq_data, run_crash, table_rows  # noqa: E402
+
+from keeper.errors import exit_code  # noqa: E402
 
 CACHE = REPO / "var" / "bench"
 GAS_LIMIT = 30_000_000
@@ -347,4 +350,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_code(main))

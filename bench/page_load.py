@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from _crash import REPO, pct, run_crash, table_rows  # noqa: E402
+
+from keeper.errors import exit_code  # noqa: E402
 
 PATHS = ("/api/insurance-fund", "/")
 BODIES = REPO / "var" / "bench" / "page-bodies"
@@ -311,4 +314,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         raise SystemExit(_worker(sys.argv[1:]))
-    raise SystemExit(main())
+    raise SystemExit(exit_code(main))

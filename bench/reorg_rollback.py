@@ -36,6 +36,7 @@ from keeper.chain.connect import connect  # noqa: E402
 from keeper.devchain.anvil import DEV_KEYS, Anvil  # noqa: E402
 from keeper.devchain.deploy import deploy  # noqa: E402
 from keeper.devchain.simulate import simulate  # noqa: E402
+from keeper.errors import exit_code  # noqa: E402
 from keeper.indexer import derive  # noqa: E402
 from keeper.indexer.decode import EventDecoder  # noqa: E402
 from keeper.indexer.derive import Deriver  # noqa: E402
@@ -130,4 +131,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))

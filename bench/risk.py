@@ -16,10 +16,12 @@ import argparse
 import gc
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from keeper.errors import exit_code
 from keeper.risk import book as book_module
 from keeper.risk import math as rm
 from keeper.risk.book import Book, tier_with_hysteresis
@@ -129,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main))

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from keeper import __version__
 from keeper.commands import discover
-from keeper.errors import KeeperError
+from keeper.errors import EXIT_USAGE, exit_code
 
-EXIT_USAGE = 2  # argparse's exit code for bad usage; also used for KeeperError
+__all__ = ["EXIT_USAGE", "build_parser", "main"]
 
 
 def _summary(doc: str | None) -> str:
@@ -35,14 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args._run(args))
-    except KeeperError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_code(lambda: args._run(args))
 
 
 if __name__ == "__main__":
