@@ -580,6 +580,40 @@ class Folded:
 
 
 _WIRE: dict[str, tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]] = {}
+WireRow = Callable[[LogRecord, dict[str, Any], int], tuple[Any, ...]]
+#: what :meth:`Deriver.fold` does with one (contract, event): the history row it appends (table name,
+#: wire-row builder, projection), and per current-state table (name, key, group handlers, sums)
+_Plan = tuple[
+    tuple[str, WireRow, Callable[[LogRecord], dict[str, Any]]] | None,
+    list[
+        tuple[
+            str,
+            Callable[[LogRecord], tuple[Any, ...]],
+            list[tuple[int, Handler]],
+            list[tuple[str, Callable[[LogRecord], int]]],
+        ]
+    ],
+]
+_REF_ATTRS = {"block_number", "block_hash", "block_timestamp", "tx_hash", "log_index"}
+
+
+def _wire_row(table: Table) -> WireRow:
+    """(event, its projection's row, chain id) -> the history table's wire row (the columns of
+    :func:`_wire_of`, converted): generated once per table, the hot path of a backfill's fold."""
+    names, convs = _wire_of(table)
+    conv_at = dict(convs)
+    scope: dict[str, Any] = {}
+    parts = []
+    for i, n in enumerate(names):
+        src = "cid" if n == "chain_id" else f"ev.{n}" if n in _REF_ATTRS else f"row[{n!r}]"
+        if i in conv_at:
+            scope[f"c{i}"] = conv_at[i]
+            src = f"c{i}({src})"
+        parts.append(src)
+    code = f"def wire(ev, row, cid):\n    return ({', '.join(parts)},)\n"
+    exec(compile(code, f"<{table.name} wire row>", "exec"), scope)  # noqa: S102
+    fn: WireRow = scope["wire"]
+    return fn
 
 
 def _wire_of(table: Table) -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
@@ -610,6 +644,16 @@ class Deriver:
                 groups = [(i, g.handlers[ek]) for i, g in enumerate(ts.groups) if ek in g.handlers]
                 sums = [(s, s.handlers[ek]) for s in ts.sums if ek in s.handlers]
                 self._routes.setdefault(ek, []).append((ts, groups, sums))
+        # (contract, event) -> what :meth:`fold` does with it, resolved once: the history table's
+        # (name, wire-row builder, row function) and the current-state routes
+        self._plans: dict[EventKey, _Plan] = {}
+        for ek in {*self._routes, *PROJECTIONS}:
+            proj = PROJECTIONS.get(ek)
+            self._plans[ek] = (
+                (proj.table.name, _wire_row(proj.table), proj.row) if proj is not None else None,
+                [(ts.table.name, ts.key, groups, [(su.column, fn) for su, fn in sums])
+                 for ts, groups, sums in self._routes.get(ek, ())],
+            )  # fmt: skip
         # Current-state rows as last committed, so that the next range does not read them back:
         # (chain id, table) -> key -> row. Filled by :meth:`keep` after a commit, emptied by
         # :meth:`clear` (rollbacks, failed commits); at most ``cache_rows`` rows (then: no caching).
@@ -660,23 +704,24 @@ class Deriver:
         """
         touched: dict[str, dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, int], set[int]]]] = {}
         appends: dict[str, list[tuple[Any, ...]]] = {}
-        routes, projections = self._routes, PROJECTIONS
+        plans = self._plans
         for ev in reversed(records):
             if ev.event_name is None or ev.contract is None:
                 continue
-            ek = (ev.contract, ev.event_name)
-            proj = projections.get(ek)
+            plan = plans.get((ev.contract, ev.event_name))
+            if plan is None:
+                continue
+            proj, routes = plan
             if proj is not None:
-                row = proj.row(ev)
-                row.update(_ref(chain_id, ev))
-                names, convs = _wire_of(proj.table)
-                values = [row[n] for n in names]
-                for i, f in convs:
-                    values[i] = f(values[i])
-                appends.setdefault(proj.table.name, []).append(tuple(values))
-            for ts, groups, sums in routes.get(ek, ()):
-                key = ts.key(ev)
-                by_key = touched.setdefault(ts.table.name, {})
+                rows = appends.get(proj[0])
+                if rows is None:
+                    rows = appends[proj[0]] = []
+                rows.append(proj[1](ev, proj[2](ev), chain_id))
+            for name, key_of, groups, sums in routes:
+                key = key_of(ev)
+                by_key = touched.get(name)
+                if by_key is None:
+                    by_key = touched[name] = {}
                 t = by_key.get(key)
                 if t is None:
                     t = by_key[key] = ({}, {}, set())
@@ -686,10 +731,10 @@ class Deriver:
                         done.add(g_i)
                         t[0].update(handler(ev, None))
                 adds = t[1]
-                for s, fn in sums:
+                for column, fn in sums:
                     v = fn(ev)
                     if v:
-                        adds[s.column] = adds.get(s.column, 0) + v
+                        adds[column] = adds.get(column, 0) + v
         for rows in appends.values():
             rows.reverse()  # chain order
         return Folded(
