@@ -9,6 +9,7 @@ functions in-process. The writer only checks links and sends rows to the databas
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -266,10 +267,27 @@ def prepare_raw(
     decoder: EventDecoder | None = None,
     deriver: Deriver | None = None,
 ) -> Prepared | RawFailure:
-    """:func:`prepare_logs` of a raw answer (the worker's job; decoder and deriver are the process's)."""
+    """:func:`prepare_logs` of a raw answer (decoder and deriver default to the process's)."""
     logs = parse_raw(raw)
     if isinstance(logs, RawFailure):
         return logs
     if decoder is None or deriver is None:
         decoder, deriver = _state()
     return prepare_logs(logs, frm, to, timestamps, chain_id, contracts, decoder, deriver)
+
+
+def prepare_in_worker(
+    raw: bytes, frm: int, to: int, timestamps: Mapping[int, int], chain_id: int, contracts: Mapping[str, str]
+) -> Prepared | RawFailure:
+    """A decode worker's job: :func:`prepare_raw` with Python's cycle collector paused.
+
+    A range is millions of small objects (parsed JSON, records, rows), none of them in a cycle:
+    reference counting frees them all, but the collector kept walking them, about 30 % of the parse and
+    decode time (2.7 vs 4.0 CPU-s per 209k events). Only in the workers, which do nothing else: in the
+    keeper's process the same pause around its writes made the writer slower, not faster.
+    """
+    gc.disable()
+    try:
+        return prepare_raw(raw, frm, to, timestamps, chain_id, contracts)
+    finally:
+        gc.enable()

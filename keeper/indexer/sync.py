@@ -51,7 +51,14 @@ from keeper.indexer.fetch import (
     TransportError,
     classify_range_error,
 )
-from keeper.indexer.prepare import Prepared, RawFailure, prepare_raw, warm_up, watch_parent
+from keeper.indexer.prepare import (
+    Prepared,
+    RawFailure,
+    prepare_in_worker,
+    prepare_raw,
+    warm_up,
+    watch_parent,
+)
 from keeper.indexer.progress import Progress
 from keeper.indexer.records import BlockHeader
 from keeper.indexer.writer import ChainChanged, CheckpointState, FetchedRange, IndexStore
@@ -422,7 +429,8 @@ class Indexer:
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(self._pool, prepare_raw, raw, frm, to, ts, cid, contracts)
+                job = (raw, frm, to, ts, cid, contracts)
+                return await loop.run_in_executor(self._pool, prepare_in_worker, *job)
             except BrokenProcessPool as exc:  # e.g. killed, or an unguarded __main__ re-run by a worker
                 if self._pool is not None:
                     log.warning("decode workers failed (%s): decoding in the keeper's process instead", exc)
