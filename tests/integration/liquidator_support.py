@@ -77,6 +77,17 @@ async def run_indexer(url: str, engine: Engine, target: IndexTarget, stop: async
         await ix.run(stop=stop)
 
 
+async def index_to_head(url: str, engine: Engine, target: IndexTarget, head: int) -> None:
+    """Runs the indexer until its checkpoint reaches ``head``, then stops it."""
+    store = IndexStore(engine, target, EventDecoder.for_contracts(), 128)
+    indexer = asyncio.create_task(run_indexer(url, engine, target, asyncio.Event()))
+    while (cp := store.checkpoint()) is None or cp.number < head:
+        await asyncio.sleep(0.1)
+    indexer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await indexer
+
+
 async def run_keeper(k: Keeper, stop: asyncio.Event, reconcile_accounts: int = 20) -> None:
     try:
         await k.live.start()

@@ -5,7 +5,6 @@ claims a future time stays refused; a normal read costs one batch."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -17,13 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from keeper.chain.rpc import RpcClient
 from keeper.devchain.simulate import simulate
-from keeper.indexer.decode import EventDecoder
-from keeper.indexer.writer import IndexStore
 from keeper.observability.metrics import KeeperMetrics
 from keeper.risk.live import LiveBook, calldata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from liquidator_support import index_db, run_indexer  # noqa: E402
+from liquidator_support import index_db, index_to_head  # noqa: E402
 
 pytestmark = pytest.mark.integration
 ETH = 1
@@ -39,14 +36,7 @@ def test_a_future_answer_is_read_again_and_a_real_one_stays_refused(deployed: An
     async def main() -> None:
         rpc = RpcClient([url], timeout=30)
         head = int(await rpc.call("eth_blockNumber"), 16)
-        store = IndexStore(engine, target, EventDecoder.for_contracts(), 128)
-        stop = asyncio.Event()
-        indexer = asyncio.create_task(run_indexer(url, engine, target, stop))
-        while (cp := store.checkpoint()) is None or cp.number < head:
-            await asyncio.sleep(0.1)
-        indexer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await indexer
+        await index_to_head(url, engine, target, head)  # the book below needs no more of the index
         batches: list[int] = []
         between: list[Callable[[], Awaitable[None]]] = []  # run once after the next batch (the race)
         real_batch = rpc.batch

@@ -6,7 +6,6 @@ ahead)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from keeper.chain.rpc import RpcClient
 from keeper.devchain.simulate import simulate
-from keeper.indexer.decode import EventDecoder
-from keeper.indexer.writer import IndexStore
 from keeper.observability.metrics import KeeperMetrics
 from keeper.risk.live import LiveBook, calldata
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from liquidator_support import index_db, run_indexer  # noqa: E402
+from liquidator_support import index_db, index_to_head  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +33,7 @@ def test_reconcile_finds_a_wrong_account_and_only_a_wrong_one(deployed: Any, tmp
     async def main() -> None:
         rpc = RpcClient([url], timeout=30)
         head = int(await rpc.call("eth_blockNumber"), 16)
-        store = IndexStore(engine, target, EventDecoder.for_contracts(), 128)
-        stop = asyncio.Event()
-        indexer = asyncio.create_task(run_indexer(url, engine, target, stop))
-        while (cp := store.checkpoint()) is None or cp.number < head:
-            await asyncio.sleep(0.1)
-        indexer.cancel()  # the index is at the head: the book below needs no more of it
-        with contextlib.suppress(asyncio.CancelledError):
-            await indexer
+        await index_to_head(url, engine, target, head)  # the book below needs no more of the index
         try:
             live = LiveBook(rpc, engine, dep, metrics=KeeperMetrics(CollectorRegistry()))
             await live.start()
