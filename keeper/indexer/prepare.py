@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from keeper.indexer.decode import DecodeError, EventDecoder, EventSpec, checksum_address
+from keeper.indexer.decode import DecodeError, EventDecoder, checksum_address
 from keeper.indexer.derive import Deriver, Folded
 from keeper.indexer.records import MAX_BIGINT, LogRecord
 from keeper.store.bulk import wire_columns
@@ -104,8 +104,6 @@ def _decode(
     by_block: dict[str, tuple[int, str, int | None]] = {}  # blockNumber as sent -> (number, hash, ts)
     addresses: dict[str, tuple[str | None, str]] = {}  # as sent -> (contract, checksummed)
     tx_hashes: dict[str, str] = {}
-    specs = decoder.by_contract
-    unknown: dict[tuple[str, int], EventSpec] = {}
     last = (-1, -1)
     in_order = True
     for lg in logs:
@@ -142,9 +140,7 @@ def _decode(
         li = int(lg["logIndex"], 16)
         spec = None
         if contract is not None and topics:
-            spec = specs.get(contract, unknown).get((topics[0].lower(), len(topics)))
-            if spec is None and contract not in specs:
-                spec = decoder.spec_for(topics, contract)
+            spec = decoder.spec_for(topics, contract)
         account = market = None
         if spec is not None:
             try:
