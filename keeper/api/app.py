@@ -32,6 +32,7 @@ from keeper.api import state as st
 from keeper.api import validate as v
 from keeper.api.explain import Context, simulate_trade
 from keeper.api.openapi import openapi_document
+from keeper.chain.rpc import RpcTransportError
 
 log = logging.getLogger("keeper.api")
 
@@ -441,14 +442,9 @@ async def api_explain(request: web.Request) -> web.Response:
             answer = await asyncio.wait_for(
                 simulate_trade(rpc, cfg.exchange, account, market, size, leverage, ctx), cfg.explain_timeout
             )
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, RpcTransportError) as exc:  # RpcUnavailable included
             log.warning("explain: node unavailable: %s", exc)
             return json_error(503, "the chain node is unavailable, retry later")
-        except Exception as exc:  # noqa: BLE001 - RPC transport errors: logged, generic answer
-            if type(exc).__name__ in ("RpcTransportError",):
-                log.warning("explain: node unavailable: %s", exc)
-                return json_error(503, "the chain node is unavailable, retry later")
-            raise
     answer["request"] = {
         "account": account,
         "market": market,

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stages(rpc_url: str, w3: Any, db_url: str, target: Any) -> None:
-    from keeper.indexer.fetch import RpcClient
+    from keeper.chain.rpc import RpcClient
     from keeper.indexer.sync import Indexer, SyncOptions
     from keeper.indexer.testing import open_store
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
 from keeper.errors import KeeperError
 from keeper.indexer.decode import EventDecoder
-from keeper.indexer.fetch import RpcClient, RpcError, TransportError
 from keeper.indexer.progress import Progress
 from keeper.indexer.sync import Indexer, SyncOptions
 from keeper.indexer.target import IndexTarget
@@ -50,7 +50,14 @@ def open_database(settings: Any, *, migrate: bool | None = None) -> Engine:
 
 
 def make_rpc(settings: Any, *, retries: int = 6) -> RpcClient:
-    return RpcClient(settings.chain.rpc_urls, timeout=settings.chain.request_timeout, retries=retries)
+    """The indexer's client: more patient than the executor's (a backfill can wait for a node)."""
+    return RpcClient(
+        settings.chain.rpc_urls,
+        timeout=settings.chain.request_timeout,
+        retries=retries,
+        backoff=0.25,
+        max_backoff=10.0,
+    )
 
 
 def make_indexer(
@@ -190,7 +197,7 @@ def status(settings: Any, *, query_chain: bool = True) -> dict[str, Any]:
                     out["rpc_error"] = f"wrong chain: the node serves chain {cid}"
                 elif out["checkpoint"] is not None:
                     out["lag"] = max(0, out["safe_head"] - out["checkpoint"]["block"])
-            except (KeeperError, RpcError, TransportError, OSError) as exc:
+            except (KeeperError, RpcError, RpcTransportError, OSError) as exc:
                 out["rpc_error"] = str(exc)
         return out
     finally:

@@ -39,18 +39,11 @@ from typing import Any
 import aiohttp
 import orjson
 
+from keeper.chain.logs import RangeTooLarge, classify_range_error, get_logs_raw
+from keeper.chain.rpc import MissingBlock, RpcClient, RpcError, RpcTransportError, RpcUnavailable
 from keeper.errors import KeeperError
 from keeper.indexer.derive import Deriver
-from keeper.indexer.fetch import (
-    AdaptiveRange,
-    MissingBlock,
-    RangeTooLarge,
-    RpcClient,
-    RpcError,
-    RpcUnavailable,
-    TransportError,
-    classify_range_error,
-)
+from keeper.indexer.fetch import AdaptiveRange
 from keeper.indexer.prepare import (
     Prepared,
     RawFailure,
@@ -239,7 +232,8 @@ class Indexer:
         if not self.head_age or self.metrics is None:
             return await self.rpc.chain_id_and_head()
         cid, number, latest = await self.rpc.batch(
-            [("eth_chainId", []), ("eth_blockNumber", []), ("eth_getBlockByNumber", ["latest", False])]
+            [("eth_chainId", []), ("eth_blockNumber", []), ("eth_getBlockByNumber", ["latest", False])],
+            raise_errors=True,
         )
         if isinstance(latest, dict) and latest.get("timestamp") is not None:
             self.metrics.observe_head(int(latest["timestamp"], 16))
@@ -375,7 +369,7 @@ class Indexer:
             pre = await self.rpc.headers([to])
         except MissingBlock as exc:
             raise ChainChanged(str(exc)) from None
-        raw = await self.rpc.get_logs_raw(frm, to, self.target.addresses)
+        raw = await get_logs_raw(self.rpc, frm, to, self.target.addresses)
         if not isinstance(raw, bytes):  # a JSON-RPC answer that came with a non-200 status
             raw = orjson.dumps(raw)
         if limit is not None:
@@ -656,7 +650,7 @@ class Indexer:
                 try:
                     await self.sync_once()
                     failures = 0
-                except (RpcUnavailable, TransportError, RpcError) as exc:
+                except (RpcTransportError, RpcError) as exc:
                     failures += 1
                     if self.metrics is not None:
                         self.metrics.rpc_errors.labels(kind=type(exc).__name__).inc()
@@ -729,7 +723,7 @@ class _Oversized(Exception):
 
 
 def _raise_failure(p: Prepared | RawFailure) -> Prepared:
-    """The prepared range, or the exception :meth:`RpcClient.get_logs` raises for the same answer."""
+    """The prepared range, or the exception :func:`keeper.chain.logs.get_logs` raises for the same answer."""
     if isinstance(p, Prepared):
         return p
     if p.kind == "rpc":
@@ -737,7 +731,7 @@ def _raise_failure(p: Prepared | RawFailure) -> Prepared:
         rng = classify_range_error(err)
         raise rng if rng is not None else err
     if p.kind == "malformed":
-        rng = classify_range_error(TransportError(p.message, malformed=True))
+        rng = classify_range_error(RpcTransportError(p.message, malformed=True))
         assert rng is not None
         raise rng
     raise RangeTooLarge(f"{p.message}: shrinking the range")

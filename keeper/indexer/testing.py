@@ -19,8 +19,8 @@ import orjson
 from aiohttp import web
 from sqlalchemy import Engine, select
 
+from keeper.chain.rpc import RpcClient
 from keeper.indexer.decode import EventDecoder
-from keeper.indexer.fetch import RpcClient
 from keeper.indexer.sync import Indexer, SyncOptions, SyncStats
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.writer import CheckpointState, IndexStore

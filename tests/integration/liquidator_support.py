@@ -19,7 +19,6 @@ from keeper.executor.keys import Signer, load_signer
 from keeper.executor.liquidator import Liquidator, run_loop
 from keeper.executor.txmanager import TxManager
 from keeper.indexer.decode import EventDecoder
-from keeper.indexer.fetch import RpcClient as IndexRpc
 from keeper.indexer.sync import Indexer, SyncOptions
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.writer import IndexStore
@@ -72,7 +71,7 @@ def make_keeper(
 
 async def run_indexer(url: str, engine: Engine, target: IndexTarget, stop: asyncio.Event) -> None:
     store = IndexStore(engine, target, EventDecoder.for_contracts(), 128)
-    async with IndexRpc([url], timeout=30) as irpc:
+    async with RpcClient([url], timeout=30) as irpc:
         ix = Indexer(irpc, store, SyncOptions(poll_interval=0.1))
         await ix.run(stop=stop)
 

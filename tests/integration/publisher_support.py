@@ -99,8 +99,9 @@ class Stack:
 class ServerThread:
     """The public app on a free port, in its own thread and event loop (with an RpcClient for explain)."""
 
-    def __init__(self, stack: Stack, **cfg: Any) -> None:
+    def __init__(self, stack: Stack, *, rpc_url: str | None = None, **cfg: Any) -> None:
         self.stack = stack
+        self.rpc_url = rpc_url or stack.url  # the node explain asks
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         defaults = dict(chain_id=stack.dep.chain_id, exchange=stack.dep.address("Exchange"),
@@ -123,7 +124,7 @@ class ServerThread:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with RpcClient(self.stack.url) as rpc:
+        async with RpcClient(self.rpc_url) as rpc:
             runner = web.AppRunner(make_app(self.stack.engine, self.cfg, rpc), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
+from keeper.chain.rpc import RpcClient
 from keeper.devchain.simulate import simulate, trader_address
 from keeper.errors import KeeperError
-from keeper.indexer.fetch import RpcClient
 from keeper.indexer.sync import Indexer, SyncOptions
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import Driver, compare_with_views, fresh_dump, index_to_head, open_store

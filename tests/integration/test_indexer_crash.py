@@ -193,7 +193,7 @@ def test_a_decode_worker_killed_mid_backfill_falls_back_to_threads(
     on decoding in its own process, and the index equals a fresh one."""
     import asyncio
 
-    from keeper.indexer.fetch import RpcClient
+    from keeper.chain.rpc import RpcClient
     from keeper.indexer.sync import Indexer, SyncOptions
     from keeper.indexer.testing import open_store
 

@@ -11,22 +11,17 @@ from typing import Any
 
 import pytest
 
+from keeper.chain.logs import RangeTooLarge, classify_range_error
+from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
 from keeper.devchain.simulate import simulate
-from keeper.indexer.fetch import (
-    AdaptiveRange,
-    RangeTooLarge,
-    RpcClient,
-    RpcError,
-    TransportError,
-    classify_range_error,
-)
+from keeper.indexer.fetch import AdaptiveRange
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import FaultProxy, fresh_dump, open_store
 from keeper.store.dump import diff_dumps, dump_tables
 
 # ------------------------------------------------------------------------------------ classification
 
-RANGE_ERRORS: list[tuple[RpcError | TransportError, tuple[int, int] | None, int | None]] = [
+RANGE_ERRORS: list[tuple[RpcError | RpcTransportError, tuple[int, int] | None, int | None]] = [
     (
         RpcError(
             -32602,
@@ -58,16 +53,16 @@ RANGE_ERRORS: list[tuple[RpcError | TransportError, tuple[int, int] | None, int 
     (RpcError(-32000, "Query timeout exceeded. Consider reducing your block range"), None, None),
     (RpcError(-32005, "something new"), None, None),  # the code alone says "limit exceeded"
     (RpcError(-32000, "ranges over 2000 blocks are not supported on freetier"), None, 2000),
-    (TransportError("timeout", timeout=True), None, None),
-    (TransportError("truncated", malformed=True), None, None),
-    (TransportError("HTTP 413", status=413), None, None),
+    (RpcTransportError("timeout", timeout=True), None, None),
+    (RpcTransportError("truncated", malformed=True), None, None),
+    (RpcTransportError("HTTP 413", status=413), None, None),
 ]
 NOT_RANGE_ERRORS = [
     RpcError(-32601, "the method eth_foo does not exist/is not available"),
     RpcError(3, "execution reverted"),
     RpcError(-32602, "invalid argument 0: hex string without 0x prefix"),
-    TransportError("connection refused"),
-    TransportError("HTTP 401", status=401),
+    RpcTransportError("connection refused"),
+    RpcTransportError("HTTP 401", status=401),
 ]
 
 
@@ -232,8 +227,8 @@ def test_failover_and_rate_limits_across_two_urls_equal_a_direct_index(
 
 @pytest.mark.integration
 def test_unreachable_node_is_one_clear_error(new_db: Callable[[], str], deployed: Any) -> None:
+    from keeper.chain.rpc import RpcUnavailable
     from keeper.errors import KeeperError
-    from keeper.indexer.fetch import RpcUnavailable
 
     target = IndexTarget.from_deployment(deployed.deployment)
     engine, store = open_store(new_db(), target)

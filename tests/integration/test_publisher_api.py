@@ -327,6 +327,18 @@ def test_explain_names_the_rule(stack: Stack) -> None:
             assert f'id="{rule}"' in html, rule
 
 
+def test_explain_without_its_node_is_a_503(stack: Stack) -> None:
+    """The node explain asks is down: after the client's retries, a JSON 503, not a server error."""
+    with ServerThread(
+        stack, rpc_url="http://127.0.0.1:9", explain_rate=100.0, explain_burst=100, explain_timeout=30.0
+    ) as srv:
+        _wait_loaded(srv)
+        r = requests.get(f"{srv.base}/api/explain", params={"account": stack.driver.traders[0], "market": 0,
+                                                            "size": "0.01", "leverage": 2}, timeout=30)  # fmt: skip
+        assert r.status_code == 503, r.text
+        assert r.json() == {"error": "the chain node is unavailable, retry later", "status": 503}
+
+
 # ------------------------------------------------------------------------------------ the browser
 
 
