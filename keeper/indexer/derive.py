@@ -787,16 +787,17 @@ class Deriver:
     def flush(self, conn: Connection) -> None:
         """Upserts the current-state rows changed since the last flush (one executemany per table)."""
         dirty, self._dirty = self._dirty, {}
-        for ts in self.tables:
-            for (chain_id, name), keys in dirty.items():
-                if name != ts.table.name or not keys:
-                    continue
-                names = ["chain_id", *ts.key_cols]
-                names += [c.name for c in ts.table.columns if c.name not in names]
-                get = itemgetter(*names)
-                pending = self._pending[(chain_id, name)]
-                rows = [get(pending[k]) for k in keys]
-                upsert_rows(conn, ts.table, names[: 1 + len(ts.key_cols)], names, rows)
+        order = {ts.table.name: (i, ts) for i, ts in enumerate(self.tables)}
+        for (chain_id, name), keys in sorted(dirty.items(), key=lambda item: order[item[0][1]][0]):
+            if not keys:
+                continue
+            ts = order[name][1]
+            names = ["chain_id", *ts.key_cols]
+            names += [c.name for c in ts.table.columns if c.name not in names]
+            get = itemgetter(*names)
+            pending = self._pending[(chain_id, name)]
+            rows = [get(pending[k]) for k in keys]
+            upsert_rows(conn, ts.table, names[: 1 + len(ts.key_cols)], names, rows)
 
     # ---------------------------------------------------------------------------------- rollback
 

@@ -85,6 +85,7 @@ class IndexStore:
         self.decoder = decoder
         self.deriver = Deriver(decoder)
         self.window = window
+        self._sqlite_page: int | None = None  # the database's page size, read once
 
     # ------------------------------------------------------------------------------ checkpoint
 
@@ -242,8 +243,7 @@ class IndexStore:
         self.deriver.clear()
         return new, removed
 
-    @staticmethod
-    def _bulk_pragmas(conn: Any) -> None:
+    def _bulk_pragmas(self, conn: Any) -> None:
         """SQLite settings for the indexer's large write transactions (this connection only).
 
         A bigger page cache keeps the events indexes' pages in memory instead of re-reading them from
@@ -255,8 +255,10 @@ class IndexStore:
         """
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-            page = int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
-            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_BYTES // page}")
+            if self._sqlite_page is None:  # fixed once the database exists (a VACUUM aside)
+                self._sqlite_page = int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
+            pages = SQLITE_WAL_CHECKPOINT_BYTES // self._sqlite_page
+            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={pages}")
 
     def _write(self, conn: Any, fr: FetchedRange, prepared: Prepared) -> None:
         if prepared.events:
