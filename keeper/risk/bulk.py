@@ -35,6 +35,20 @@ EPS = 1e-9
 USD_SCALE = 1e30
 
 
+def _tiers(below: dict[int, npt.NDArray[np.bool_]], prev: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
+    """Warning tiers from the lines crossed (``below[r]``: under line ``r``), climbing down from ``prev``
+    one line at a time past the hysteresis, as :func:`keeper.risk.book.tier_with_hysteresis` does."""
+    from keeper.risk.book import HYSTERESIS_BPS
+
+    raw = np.zeros(len(prev), np.int8)
+    for _, line in rm.WARNING_LINES_BPS:
+        raw += below[line]
+    t = prev.copy()
+    for tier, line in rm.WARNING_LINES_BPS:
+        t[(t == int(tier)) & ~below[line + HYSTERESIS_BPS]] = int(tier) - 1
+    return np.maximum(t, raw)
+
+
 def single_tiers(
     book: Book, m: int, sel: npt.NDArray[np.int64], prev: npt.NDArray[np.int8]
 ) -> tuple[npt.NDArray[np.int8], FloatArray, FloatArray, FloatArray, FloatArray]:
@@ -42,7 +56,7 @@ def single_tiers(
     at its mark: float64 where the sign of every ``AV·BPS − R·MM`` is clear, the exact integers of
     :mod:`keeper.risk.math` for the accounts near a threshold. Also returns their size, entry, rest and
     |size| columns (float64)."""
-    from keeper.risk.book import HYSTERESIS_BPS, THRESHOLDS_BPS, tier_with_hysteresis
+    from keeper.risk.book import THRESHOLDS_BPS, tier_with_hysteresis
 
     bps = float(rm.BPS)
     size, entry, rest = book.col_size[sel], book.col_entry[sel], book.col_rest[sel]
@@ -58,13 +72,7 @@ def single_tiers(
         tol = 4 * bps + 2 * r + EPS * (bps * mag + r * mm)
         near |= np.abs(d) <= tol
         below[r] = d < 0
-    raw = np.zeros(len(sel), np.int8)
-    for _, line in rm.WARNING_LINES_BPS:
-        raw += below[line]
-    t = prev.copy()
-    for tier, line in rm.WARNING_LINES_BPS:  # climb down one line at a time, as tier_with_hysteresis
-        t[(t == int(tier)) & ~below[line + HYSTERESIS_BPS]] = int(tier) - 1
-    res = np.maximum(t, raw)
+    res = _tiers(below, prev)
     addr = book._addr
     for k in np.nonzero(near)[0].tolist():
         r_ = book.risk(addr[int(sel[k])])
@@ -97,13 +105,7 @@ def multi_boxes(
         d = av * bps - r * mm
         exact |= np.abs(d) <= (k + 1) * (2 * bps + 2 * r) + EPS * (bps * mag + r * mm)
         below[r] = d < 0
-    raw = np.zeros(len(slots), np.int8)
-    for _, line in rm.WARNING_LINES_BPS:
-        raw += below[line]
-    t = prev.copy()
-    for tier, line in rm.WARNING_LINES_BPS:  # climb down one line at a time, as tier_with_hysteresis
-        t[(t == int(tier)) & ~below[line + HYSTERESIS_BPS]] = int(tier) - 1
-    new = np.maximum(t, raw)
+    new = _tiers(below, prev)
     # boxes: the next line down (d >= 0 kept) and the own line + hysteresis (d < 0 kept)
     lines = np.array([_LINE_OF.get(i, 0) for i in range(6)], np.float64)
     down = lines[np.minimum(new.astype(np.int64) + 1, 5)]  # 0 when liquidatable: no line below
