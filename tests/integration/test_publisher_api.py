@@ -329,6 +329,8 @@ def test_explain_names_the_rule(stack: Stack) -> None:
 
 def test_explain_without_its_node_is_a_503(stack: Stack) -> None:
     """The node explain asks is down: after the client's retries, a JSON 503, not a server error."""
+    stack.index()
+    stack.publish()
     with ServerThread(
         stack, rpc_url="http://127.0.0.1:9", explain_rate=100.0, explain_burst=100, explain_timeout=30.0
     ) as srv:
