@@ -6,8 +6,9 @@
 * A client-side timeout per request.
 * Retries with exponential backoff and jitter (tenacity) on transport errors and HTTP 429/5xx only; a
   retry that moves to another URL does not wait. When every retry failed: :class:`RpcUnavailable`.
-* HTTP 429 pauses every request through the shared :class:`RateLimiter` for ``Retry-After`` (or the
-  backoff) and retries on the same URL, with a budget of its own; an optional ``rate`` caps requests/s.
+* HTTP 429 rests that URL for ``Retry-After`` (or the backoff) and moves on to another one; with none
+  up, every request waits through the shared :class:`RateLimiter`. 429s have a retry budget of their
+  own; an optional ``rate`` caps requests/s.
 * A JSON-RPC error answer is :class:`RpcError` (code, message, data) and is never retried; neither is
   an HTTP 4xx without a JSON body (401, 403: asking again will not help).
 * :meth:`RpcClient.batch` sends many calls in one HTTP request (chunks of ``batch_size``, concurrently).
@@ -254,16 +255,22 @@ class RpcClient:
     def _failed(self, exc: RpcTransportError, tally: _Tally) -> None:
         """Counts a retryable failure and decides the wait before the next attempt."""
         tally.last = exc
-        if exc.status == 429:  # rate limited: pause everyone (the limiter waits), same URL
+        failed = self._i
+        if exc.status == 429:  # rate limited: that URL rests; another one, or everyone waits
             tally.limited += 1
             delay = exc.retry_after if exc.retry_after is not None else self._backoff(tally.limited)
             delay = min(delay, self.max_retry_after)
-            self.limiter.pause(delay)
-            log.info("%s; pausing requests for %.2f s", exc, delay)
+            if len(self.urls) > 1:
+                self._down_until[failed] = max(self._down_until[failed], time.monotonic() + delay)
+            if self._pick() != failed:
+                self.failovers += 1
+                log.info("%s; resting it %.2f s, on to %s", exc, delay, self.urls[self._pick()])
+            else:
+                self.limiter.pause(delay)  # the limiter makes every request wait
+                log.info("%s; pausing requests for %.2f s", exc, delay)
             tally.wait = 0.0
             return
         tally.failures += 1
-        failed = self._i
         if len(self.urls) > 1:
             self._down_until[failed] = time.monotonic() + self.down_for
         if self._pick() != failed:

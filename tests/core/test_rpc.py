@@ -61,7 +61,8 @@ def test_failover_retries_429_and_errors() -> None:
             t0 = time.monotonic()
             assert await rpc.call("eth_blockNumber") == "0xb"  # failover past a 503, then a 429 (waits)
             assert time.monotonic() - t0 >= 0.3
-            # the 503 marks the primary down: the 429 is retried on the secondary, after Retry-After
+            # the 503 marks the primary down; the 429 rests the secondary too: with no URL up, every
+            # request waits for the one back first (the secondary, after its Retry-After)
             assert hits["down"] == 1 and hits["busy"] == 2 and rpc.failovers == 1
             with pytest.raises(RpcError) as err:
                 await rpc.call("bad")
@@ -169,5 +170,34 @@ def test_what_is_not_retried() -> None:
         finally:
             await rpc.close()
             await r.cleanup()
+
+    run(main())
+
+
+def test_a_rate_limited_url_rests_while_another_answers() -> None:
+    async def main() -> None:
+        hits = {"primary": 0, "secondary": 0}
+
+        async def primary(req: web.Request) -> web.Response:
+            hits["primary"] += 1
+            return web.Response(status=429, headers={"Retry-After": "5"})
+
+        async def secondary(req: web.Request) -> web.Response:
+            hits["secondary"] += 1
+            return web.json_response(answer(orjson.loads(await req.read()), "0xb"))
+
+        r1, u1 = await serve(primary)
+        r2, u2 = await serve(secondary)
+        rpc = RpcClient([u1, u2], backoff=0.01)
+        try:
+            t0 = time.monotonic()
+            assert await rpc.call("eth_blockNumber") == "0xb"
+            assert await rpc.call("eth_chainId") == "0xb"
+            assert time.monotonic() - t0 < 2  # nobody waited for the primary's Retry-After
+            assert hits == {"primary": 1, "secondary": 2} and rpc.failovers == 1
+        finally:
+            await rpc.close()
+            await r1.cleanup()
+            await r2.cleanup()
 
     run(main())
