@@ -236,8 +236,12 @@ class Liquidator:
         log.info("lost race: %s", why)
 
     async def collect(self) -> None:
-        """Accounts for finished batches (receipts read back for the entries actually liquidated)."""
-        if self.txm is not None and (self._flights or self._mined):
+        """Accounts for finished batches (receipts read back for the entries actually liquidated).
+
+        Also ticks the transactions the manager recovered from its journal at start-up: after a restart
+        they are no batch of this process, but their receipts must still be read (and a stuck one
+        replaced), or the journal would never record them as mined."""
+        if self.txm is not None and (self._flights or self._mined or self.txm.handles()):
             await self.txm.tick()
         self._follow_reorged()
         still = []
@@ -306,7 +310,11 @@ class Liquidator:
 
     @property
     def in_flight(self) -> int:
-        return len(self._flights)
+        """Batches sent and not accounted for yet, plus transactions recovered from the journal."""
+        if self.txm is None:
+            return len(self._flights)
+        ours = {id(f.handle) for f in self._flights}
+        return len(self._flights) + sum(1 for h in self.txm.handles() if id(h) not in ours)
 
 
 async def run_loop(
