@@ -244,21 +244,7 @@ class IndexStore:
         return new, removed
 
     def _bulk_pragmas(self, conn: Any) -> None:
-        """SQLite settings for the indexer's large write transactions (this connection only).
-
-        A bigger page cache keeps the events indexes' pages in memory instead of re-reading them from
-        the OS on every range; a WAL checkpoint every 40 MB (10,000 pages of 4 KiB, 2,560 of 16 KiB)
-        instead of every 1,000 pages copies an index page into the database once per several ranges
-        instead of once per range. Both are
-        bounded (memory stays flat in the chain's length) and neither touches durability: every
-        range's data and checkpoint still commit in one transaction, and synchronous stays NORMAL.
-        """
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-            if self._sqlite_page is None:  # fixed once the database exists (a VACUUM aside)
-                self._sqlite_page = int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
-            pages = SQLITE_WAL_CHECKPOINT_BYTES // self._sqlite_page
-            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={pages}")
+        self._sqlite_page = bulk_write_pragmas(conn, self._sqlite_page)
 
     def _write(self, conn: Any, fr: FetchedRange, prepared: Prepared) -> None:
         if prepared.events:
@@ -325,3 +311,23 @@ def table_counts(engine: Engine, chain_id: int | None = None) -> dict[str, int]:
                 q = q.where(t.c.chain_id == chain_id)
             out[str(t.name)] = int(conn.execute(q).scalar() or 0)
     return out
+
+
+def bulk_write_pragmas(conn: Any, page_size: int | None = None) -> int | None:
+    """SQLite settings for the indexer's large write transactions (this connection only); returns the
+    database's page size (read once: ``page_size`` given, it is not read again; None off SQLite).
+
+    A bigger page cache keeps the events indexes' pages in memory instead of re-reading them from
+    the OS on every range; a WAL checkpoint every 40 MB (10,000 pages of 4 KiB, 2,560 of 16 KiB)
+    instead of every 1,000 pages copies an index page into the database once per several ranges
+    instead of once per range. Both are bounded (memory stays flat in the chain's length) and neither
+    touches durability: every range's data and checkpoint still commit in one transaction, and
+    synchronous stays NORMAL.
+    """
+    if conn.dialect.name != "sqlite":
+        return None
+    conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    if page_size is None:  # fixed once the database exists (a VACUUM aside)
+        page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
+    conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_BYTES // page_size}")
+    return page_size

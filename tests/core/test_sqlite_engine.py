@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from keeper.indexer.writer import SQLITE_WAL_CHECKPOINT_BYTES, IndexStore
+from keeper.indexer.writer import SQLITE_WAL_CHECKPOINT_BYTES, bulk_write_pragmas
 from keeper.store.engine import SQLITE_PAGE_SIZE, make_engine
 
 
@@ -19,7 +19,7 @@ def test_a_new_database_gets_large_pages_and_wal(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
-        IndexStore._bulk_pragmas(conn)
+        assert bulk_write_pragmas(conn) == 16_384  # the page size, for the writer to keep
         checkpoint_pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
     engine.dispose()
     assert _pragma(path, "page_size") == SQLITE_PAGE_SIZE == 16_384
@@ -35,7 +35,7 @@ def test_an_existing_database_keeps_its_page_size(tmp_path: Path) -> None:
     assert _pragma(path, "page_size") == 4096
     engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
-        IndexStore._bulk_pragmas(conn)
+        assert bulk_write_pragmas(conn) == 4096
         assert (
             conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == SQLITE_WAL_CHECKPOINT_BYTES // 4096
         )
