@@ -2,6 +2,9 @@
 
 Production keys come from an encrypted Ethereum V3 keystore plus a password file; dev chains may pass a
 key in an environment variable. A keystore readable by group or others is refused outright.
+
+eth_account is imported where a key is loaded, not at the top: the log scrubber imports this module
+(:func:`redact`) in every command, and eth_account alone takes about 0.4 s to import.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING, Any
 
 from keeper.errors import KeeperError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _REGISTERED_SECRETS: set[str] = set()
@@ -54,6 +57,8 @@ def _from_hex(key: str, source: str) -> Signer:
     key = key.strip()
     if not _HEX_KEY.match(key):
         raise KeeperError(f"{source} is not a private key (expected 64 hex digits)")
+    from eth_account import Account  # not at the top: see the module docstring
+
     try:
         account: LocalAccount = Account.from_key(key)
     except Exception:  # noqa: BLE001 - the library's message may quote the key
@@ -78,6 +83,8 @@ def load_keystore(keystore: Path, password_file: Path) -> Signer:
     except (OSError, ValueError):
         raise KeeperError(f"keystore {keystore} is not a JSON V3 keystore") from None
     password = password_file.read_text().rstrip("\r\n")
+    from eth_account import Account
+
     try:
         key = Account.decrypt(data, password)
     except Exception:  # noqa: BLE001 - wrong password, unsupported KDF, corrupt MAC
@@ -104,6 +111,8 @@ def load_signer(
 def write_keystore(key_hex: str, password: str, path: Path) -> str:
     """Encrypts ``key_hex`` into a V3 keystore at ``path`` (mode 600); returns the address."""
     signer = _from_hex(key_hex, "key")
+    from eth_account import Account
+
     data = Account.encrypt(bytes.fromhex(key_hex.removeprefix("0x")), password)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
