@@ -37,8 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-from keeper.errors import exit_code  # noqa: E402
+if os.environ.get("BENCH_CODE"):  # (b0): the keeper package of an earlier commit, before any import of ours
+    sys.path.insert(0, os.environ["BENCH_CODE"])
 
 CACHE = REPO / "var" / "bench"
 GAS_LIMIT = "1000000000"
@@ -279,10 +279,11 @@ def worker_naive(rpc: str, db_path: str, deployment: str, start: int, stop: int,
 
 def _worker(argv: list[str]) -> int:
     kind, args = argv[0], json.loads(argv[1])
-    if os.environ.get("BENCH_CODE"):  # (b0): the keeper package of an earlier commit
-        sys.path.insert(0, os.environ["BENCH_CODE"])
     fn = {"_raw": worker_raw, "_index": worker_index, "_naive": worker_naive}[kind]
-    print(json.dumps(fn(**args)), flush=True)
+    out = fn(**args)
+    # which keeper package ran: (b0) must be the baseline's (see the check in main)
+    out["keeper_package"] = str(Path(sys.modules["keeper"].__file__ or "").parent)
+    print(json.dumps(out), flush=True)
     return 0
 
 
@@ -388,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                     deployment=deployment,
                 )
             r["rev"] = args.baseline
+            if Path(r["keeper_package"]).resolve() != (code / "keeper").resolve():
+                raise SystemExit(f"(b0) ran the keeper of {r['keeper_package']}, not the baseline's {code}")
             results["b0_baseline"] = r
             print(
                 f"(b0) the same with the keeper of {args.baseline}: {r['events']:,} events in "
@@ -446,7 +449,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def baseline_tree(rev: str) -> Path:
     """The ``keeper`` package of commit ``rev`` (git archive), next to this checkout's contracts."""
-    folder = CACHE / "baseline" / rev
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    folder = CACHE / "baseline" / commit  # by commit: a name like HEAD moves
     if not (folder / "keeper").exists():
         folder.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "archive", rev, "keeper"], cwd=REPO, check=True, capture_output=True)
@@ -504,4 +514,6 @@ def table(res: dict[str, dict[str, Any]]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         raise SystemExit(_worker(sys.argv[1:]))
+    from keeper.errors import exit_code
+
     raise SystemExit(exit_code(main))
