@@ -237,6 +237,20 @@ def _keeper_run(deployed: Any, tmp_path: Path, inbox: Inbox) -> None:
         assert len(pairs) == len(set(pairs))  # exactly once per market and period
 
         # The operator: SOL's primary feed answers 0 -> one untrusted-oracle alert, webhook and email.
+        # First every feed gets a fresh round: the funding hour left them stale, and the calm blocks
+        # after it need not have refreshed SOL's, so SOL may still be under an earlier alert (which the
+        # zero would then not repeat). Once trusted, that alert is resolved.
+        d.set_answers()
+        d.send(d.refresh_tx(sol.id))
+        wait_for(
+            "SOL's oracle trusted (any earlier alert resolved)",
+            lambda: (
+                inbox.texts("ops").count("[CRITICAL] untrusted oracle (SOL)")
+                == inbox.texts("ops").count("RESOLVED untrusted oracle (SOL)")
+            ),
+            30,
+            alive,
+        )
         sol_alerts = len([t for t in inbox.texts("ops") if t == "[CRITICAL] untrusted oracle (SOL)"])
         d.send(d.tx(d.c["OracleHub"], "refresh", [sol.id], d.keeper, gas=300_000))  # (a block to read)
         from keeper.chain.connect import contract
