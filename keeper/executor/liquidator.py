@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi import decode, encode
+from eth_abi.exceptions import DecodingError
 from eth_utils import keccak, to_checksum_address
 from sqlalchemy.exc import OperationalError
 
@@ -53,6 +54,18 @@ def liquidate_batch_data(entries: Sequence[tuple[str, int]]) -> str:
     accounts = [to_checksum_address(a) for a, _ in entries]
     markets = [m for _, m in entries]
     return "0x" + (LIQUIDATE_BATCH + encode(["address[]", "uint256[]"], [accounts, markets])).hex()
+
+
+def batch_accounts(data: str) -> list[str]:
+    """The accounts of :func:`liquidate_batch_data`'s call data (checksummed); [] for any other data."""
+    try:
+        raw = bytes.fromhex(data.removeprefix("0x"))
+        if raw[:4] != LIQUIDATE_BATCH:
+            return []
+        accounts, _ = decode(["address[]", "uint256[]"], raw[4:])
+    except (ValueError, DecodingError):
+        return []
+    return [to_checksum_address(a) for a in accounts]
 
 
 @dataclass(frozen=True)
@@ -149,10 +162,24 @@ class Liquidator:
         return [[by_key[c.account] for c in batch] for batch in batches]
 
     def busy(self) -> set[str]:
-        """Accounts in an in-flight batch of ours, or liquidated by us in a block not indexed yet."""
+        """Accounts in an in-flight batch of ours (one a previous process sent included), or liquidated
+        by us in a block not indexed yet."""
         busy = {e.account for f in self._flights for e in f.entries}
         busy |= {a for a, b in self._settling.items() if b > self.live.book_block}
+        if self.txm is not None:
+            for h in self._recovered():
+                jt = self.txm.journal.get(h.tx_id)
+                if jt is not None:
+                    busy.update(batch_accounts(jt.tx.data))
         return busy
+
+    def _recovered(self) -> list[TxHandle]:
+        """Unresolved transactions of the manager that are no batch of this process: those it recovered
+        from its journal at start-up (sent before a restart)."""
+        if self.txm is None:
+            return []
+        ours = {id(f.handle) for f in self._flights}
+        return [h for h in self.txm.handles() if id(h) not in ours]
 
     async def _still_liquidatable(self, entries: Sequence[PlannedEntry]) -> list[bool]:
         res = await self.rpc.batch(
@@ -311,10 +338,7 @@ class Liquidator:
     @property
     def in_flight(self) -> int:
         """Batches sent and not accounted for yet, plus transactions recovered from the journal."""
-        if self.txm is None:
-            return len(self._flights)
-        ours = {id(f.handle) for f in self._flights}
-        return len(self._flights) + sum(1 for h in self.txm.handles() if id(h) not in ours)
+        return len(self._flights) + len(self._recovered())
 
 
 async def run_loop(
