@@ -6,7 +6,9 @@ against anvil."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -38,6 +40,33 @@ def answer(req_body: Any, result: Any = "0x1") -> Any:
 
 def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def answering(hits: dict[str, int], name: str, result: str) -> Any:
+    """A handler that counts its requests in ``hits[name]`` and answers ``result``."""
+
+    async def handler(req: web.Request) -> web.Response:
+        hits[name] += 1
+        return web.json_response(answer(orjson.loads(await req.read()), result))
+
+    return handler
+
+
+@contextlib.asynccontextmanager
+async def client_of(*handlers: Any, **options: Any) -> AsyncIterator[RpcClient]:
+    """An RpcClient over one in-process server per handler (URLs in that order), all closed after."""
+    runners = []
+    try:
+        for h in handlers:
+            runners.append(await serve(h))
+        rpc = RpcClient([u for _, u in runners], **options)
+        try:
+            yield rpc
+        finally:
+            await rpc.close()
+    finally:
+        for r, _ in runners:
+            await r.cleanup()
 
 
 def test_failover_retries_429_and_errors() -> None:
@@ -103,30 +132,20 @@ def test_gives_up_after_attempts_and_times_out() -> None:
 def test_primary_is_used_again_after_its_cooldown() -> None:
     async def main() -> None:
         hits = {"primary": 0, "secondary": 0}
+        ok = answering(hits, "primary", "0xa")
 
         async def primary(req: web.Request) -> web.Response:
-            hits["primary"] += 1
-            if hits["primary"] == 1:
+            if hits["primary"] == 0:
+                hits["primary"] += 1
                 return web.Response(status=502)
-            return web.json_response(answer(orjson.loads(await req.read()), "0xa"))
+            return await ok(req)
 
-        async def secondary(req: web.Request) -> web.Response:
-            hits["secondary"] += 1
-            return web.json_response(answer(orjson.loads(await req.read()), "0xb"))
-
-        r1, u1 = await serve(primary)
-        r2, u2 = await serve(secondary)
-        rpc = RpcClient([u1, u2], backoff=0.01, down_for=0.3)
-        try:
+        async with client_of(primary, answering(hits, "secondary", "0xb"), backoff=0.01, down_for=0.3) as rpc:
             assert await rpc.call("eth_blockNumber") == "0xb"  # 502: on to the secondary at once
             assert await rpc.call("eth_blockNumber") == "0xb"  # the primary is down for 0.3 s
             await asyncio.sleep(0.35)
             assert await rpc.call("eth_blockNumber") == "0xa"  # and back
             assert hits == {"primary": 2, "secondary": 2} and rpc.failovers == 1
-        finally:
-            await rpc.close()
-            await r1.cleanup()
-            await r2.cleanup()
 
     run(main())
 
@@ -182,22 +201,11 @@ def test_a_rate_limited_url_rests_while_another_answers() -> None:
             hits["primary"] += 1
             return web.Response(status=429, headers={"Retry-After": "5"})
 
-        async def secondary(req: web.Request) -> web.Response:
-            hits["secondary"] += 1
-            return web.json_response(answer(orjson.loads(await req.read()), "0xb"))
-
-        r1, u1 = await serve(primary)
-        r2, u2 = await serve(secondary)
-        rpc = RpcClient([u1, u2], backoff=0.01)
-        try:
+        async with client_of(primary, answering(hits, "secondary", "0xb"), backoff=0.01) as rpc:
             t0 = time.monotonic()
             assert await rpc.call("eth_blockNumber") == "0xb"
             assert await rpc.call("eth_chainId") == "0xb"
             assert time.monotonic() - t0 < 2  # nobody waited for the primary's Retry-After
             assert hits == {"primary": 1, "secondary": 2} and rpc.failovers == 1
-        finally:
-            await rpc.close()
-            await r1.cleanup()
-            await r2.cleanup()
 
     run(main())
