@@ -368,10 +368,10 @@ class LiveBook:
         head by then; a feed that really claims a future time is still refused by the second read.
         """
         assert self.book is not None
-        number, now, quotes = await self._read_quotes(hex(block) if block is not None else "latest")
+        number, quotes = await self._read_quotes(hex(block) if block is not None else "latest")
         if any(q.future for q in quotes.values()):
             log.info("oracle answers newer than block %d (read during a new block?): reading again", number)
-            number, now, quotes = await self._read_quotes("latest")
+            number, quotes = await self._read_quotes("latest")
         self.quotes = {m: q.quote for m, q in quotes.items()}
         self.mark_block = number
         for m, q in self.quotes.items():
@@ -380,8 +380,8 @@ class LiveBook:
                 self.book.set_mark(m, q.mark)
         return self.quotes
 
-    async def _read_quotes(self, tag: str) -> tuple[int, int, dict[int, _Reading]]:
-        """(block number, its timestamp, market -> reading) of one batch at ``tag``."""
+    async def _read_quotes(self, tag: str) -> tuple[int, dict[int, _Reading]]:
+        """(block number, market -> reading) of one batch at ``tag``."""
         calls: list[tuple[str, Sequence[Any]]] = [("eth_getBlockByNumber", [tag, False])]
         for m in self.markets:
             calls += [
@@ -411,7 +411,7 @@ class LiveBook:
                 self._verdict(int(p), int(rp), int(s), int(rs), now, heartbeat, paused, bool(ok)),
             )  # fmt: skip
             quotes[m] = _Reading(quote, FUTURE in (int(rp), int(rs)))
-        return number, now, quotes
+        return number, quotes
 
     def _verdict(
         self, p: int, rp: int, s: int, rs: int, now: int, heartbeat: int, paused: bool, mark_ok: bool
