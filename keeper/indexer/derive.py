@@ -616,6 +616,14 @@ def _wire_row(table: Table) -> WireRow:
     return fn
 
 
+def history_columns(name: str) -> list[str]:
+    """The wire columns of the history (append-only) table ``name``: the order of ``Folded.appends`` rows."""
+    for table in APPEND_ONLY:
+        if table.name == name:
+            return _wire_of(table)[0]
+    raise KeyError(f"{name} is not a history table")
+
+
 def _wire_of(table: Table) -> tuple[list[str], list[tuple[int, Callable[[Any], Any]]]]:
     """A history table's wire columns and the (position, converter) pairs of those that need one."""
     w = _WIRE.get(table.name)

@@ -21,10 +21,11 @@ from typing import Any
 import orjson
 
 from keeper.indexer.decode import DecodeError, EventDecoder, checksum_address
-from keeper.indexer.derive import Deriver, Folded
+from keeper.indexer.derive import Deriver, Folded, history_columns
 from keeper.indexer.records import MAX_BIGINT, LogRecord
 from keeper.store.bulk import wire_columns
-from keeper.store.models import EVENTS
+from keeper.store.models import APPEND_ONLY, EVENTS
+from keeper.store.staged import stage_rows
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,17 @@ _EXPECTED = ["chain_id", "block_number", "block_hash", "block_timestamp", "tx_ha
              "address", "contract", "event_name", "account", "market_id", "args"]  # fmt: skip
 if EVENT_COLUMNS != _EXPECTED:  # _decode below builds rows in this order
     raise AssertionError(f"events columns changed: {EVENT_COLUMNS}")
+#: the tables whose rows a decode worker stages for a SQLite writer (:func:`staged`), and their columns
+STAGED_COLUMNS = {"events": EVENT_COLUMNS, **{t.name: history_columns(t.name) for t in APPEND_ONLY}}
+
+
+@dataclass(frozen=True)
+class StagedRows:
+    """A range's ``events`` and history rows as a serialized SQLite database (:mod:`keeper.store.staged`):
+    what a decode worker sends a SQLite writer instead of the row tuples."""
+
+    blob: bytes
+    events: int  # rows of ``events`` in it
 
 
 @dataclass
@@ -49,10 +61,20 @@ class Prepared:
     #: blocks whose logs came without ``blockTimestamp`` and whose timestamp was not given: prepare
     #: again with their headers' timestamps
     missing_timestamps: tuple[int, ...] = ()
+    #: the rows of ``events`` and of ``folded.appends``, staged (both then empty): see :func:`staged`
+    staged: StagedRows | None = None
 
     @property
     def count(self) -> int:
-        return len(self.events)
+        return self.staged.events if self.staged is not None else len(self.events)
+
+
+def staged(p: Prepared) -> Prepared:
+    """``p`` with its ``events`` and history rows moved into a staging database (for a SQLite writer)."""
+    if p.problem is not None or p.missing_timestamps or p.staged is not None or not p.events:
+        return p
+    blob = stage_rows(STAGED_COLUMNS, {"events": p.events, **p.folded.appends})
+    return Prepared([], Folded({}, p.folded.touches), p.blocks, staged=StagedRows(blob, len(p.events)))
 
 
 @dataclass(frozen=True)
@@ -273,9 +295,16 @@ def prepare_raw(
 
 
 def prepare_in_worker(
-    raw: bytes, frm: int, to: int, timestamps: Mapping[int, int], chain_id: int, contracts: Mapping[str, str]
+    raw: bytes,
+    frm: int,
+    to: int,
+    timestamps: Mapping[int, int],
+    chain_id: int,
+    contracts: Mapping[str, str],
+    stage: bool = False,
 ) -> Prepared | RawFailure:
-    """A decode worker's job: :func:`prepare_raw` with Python's cycle collector paused.
+    """A decode worker's job: :func:`prepare_raw` with Python's cycle collector paused; with ``stage``
+    (a SQLite writer) the rows come back :func:`staged`.
 
     A range is millions of small objects (parsed JSON, records, rows), none of them in a cycle:
     reference counting frees them all, but the collector kept walking them, about 30 % of the parse and
@@ -284,6 +313,7 @@ def prepare_in_worker(
     """
     gc.disable()
     try:
-        return prepare_raw(raw, frm, to, timestamps, chain_id, contracts)
+        p = prepare_raw(raw, frm, to, timestamps, chain_id, contracts)
+        return staged(p) if stage and isinstance(p, Prepared) else p
     finally:
         gc.enable()

@@ -9,21 +9,23 @@ instead of doubling rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from keeper.errors import KeeperError
 from keeper.indexer.decode import EventDecoder
 from keeper.indexer.derive import Deriver
-from keeper.indexer.prepare import EVENT_COLUMNS, Prepared, decode_logs, prepare_logs
+from keeper.indexer.prepare import EVENT_COLUMNS, STAGED_COLUMNS, Prepared, decode_logs, prepare_logs
 from keeper.indexer.records import BlockHeader, LogRecord
 from keeper.indexer.target import IndexTarget
 from keeper.store.bulk import insert_wire
 from keeper.store.models import BLOCKS, CHECKPOINTS, EVENTS, TABLES
+from keeper.store.staged import attached, insert_staged
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ class IndexStore:
         self.deriver = Deriver(decoder)
         self.window = window
         self._sqlite_page: int | None = None  # the database's page size, read once
+        #: decode workers send this store's rows staged (keeper.store.staged): SQLite only
+        self.takes_staged = engine.dialect.name == "sqlite"
 
     # ------------------------------------------------------------------------------ checkpoint
 
@@ -196,7 +200,7 @@ class IndexStore:
         prepared = [self.prepare(fr) for fr in frs]
         self.deriver.begin()
         try:
-            with self.engine.begin() as conn:
+            with self._transaction(any(p.staged is not None for p in prepared)) as conn:
                 self._bulk_pragmas(conn)
                 # The guarded checkpoint move comes first: it takes the write lock (a second writer
                 # waits, then finds the checkpoint moved and fails before writing anything).
@@ -228,7 +232,7 @@ class IndexStore:
             )
         prepared = self.prepare(fr) if fr is not None else None
         self.deriver.clear()  # a rollback rewrites derived rows: read them from the database
-        with self.engine.begin() as conn:
+        with self._transaction(prepared is not None and prepared.staged is not None) as conn:
             self._bulk_pragmas(conn)
             new = self._move_checkpoint(
                 conn, expected, *((fr.to_block, fr.to_hash) if fr is not None else fork)
@@ -243,11 +247,26 @@ class IndexStore:
         self.deriver.clear()
         return new, removed
 
+    @contextmanager
+    def _transaction(self, staging: bool) -> Iterator[Connection]:
+        """One write transaction; ``staging``: with the staging schema attached (staged rows to copy)."""
+        if not staging:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn, attached(conn), conn.begin():  # attached outside the transaction
+            yield conn
+
     def _bulk_pragmas(self, conn: Any) -> None:
         self._sqlite_page = bulk_write_pragmas(conn, self._sqlite_page)
 
     def _write(self, conn: Any, fr: FetchedRange, prepared: Prepared) -> None:
-        if prepared.events:
+        if prepared.staged is not None:
+            copied = insert_staged(conn, prepared.staged.blob, STAGED_COLUMNS)
+            if copied.get("events", 0) != prepared.staged.events:
+                raise AssertionError(f"{copied} staged rows copied, {prepared.staged.events} events expected")
+            self.deriver.apply_folded(conn, self.chain_id, prepared.folded)
+        elif prepared.events:
             insert_wire(conn, EVENTS, EVENT_COLUMNS, prepared.events)
             self.deriver.apply_folded(conn, self.chain_id, prepared.folded)
         rows = [
