@@ -54,13 +54,20 @@ from keeper.indexer.prepare import (
 )
 from keeper.indexer.progress import Progress
 from keeper.indexer.records import BlockHeader
+from keeper.indexer.split import Piece, split_by_block
 from keeper.indexer.writer import ChainChanged, CheckpointState, FetchedRange, IndexStore
 
 log = logging.getLogger("keeper.indexer")
 
 MAX_RANGE_FAILURES = 10  # consecutive range errors at the minimum span before giving up
 MAX_REORG_ATTEMPTS = 10
-OVERSIZED = 3  # a range with more than this many times target_logs is fetched again, smaller
+#: while the decode workers start, an answer this big waits for them (smaller ones are decoded here)
+POOL_WAIT_BYTES = 1 << 20
+#: a range with more than this many times target_logs is cut into pieces, or fetched again smaller
+OVERSIZED = 3
+#: an oversized answer is cut up to this size; a bigger one is fetched again, smaller (the answer and its
+#: pieces are in memory at once: about 85 bytes a log, so 64 MiB is 75,000 logs or 15 times target_logs)
+MAX_SPLIT_BYTES = 64 << 20
 
 
 @dataclass
@@ -320,7 +327,7 @@ class Indexer:
         if safe > fork[0]:
             to = min(safe, fork[0] + max(self.range.size, min(depth, self.opts.max_range)))
             try:
-                fr = await self._fetch_adaptive(fork[0] + 1, to, head)
+                (fr,) = await self._fetch_adaptive(fork[0] + 1, to, head, split=False)
             except ChainChanged:
                 return False
             if fr.parent_hash != fork[1]:
@@ -364,6 +371,15 @@ class Indexer:
 
         ``limit``: an answer with more logs raises :class:`_Oversized` before it is parsed.
         """
+        return (await self._fetch_pieces(frm, to, head, limit, split=False))[0]
+
+    async def _fetch_pieces(
+        self, frm: int, to: int, head: int, limit: int | None, split: bool
+    ) -> list[FetchedRange]:
+        """:meth:`_fetch_range`, except that with ``split`` an answer of more than ``limit`` logs (up to
+        MAX_SPLIT_BYTES) comes back cut into consecutive block-aligned ranges of about target_logs
+        each (:func:`keeper.indexer.split.split_by_block`), decoded in parallel, instead of raising
+        :class:`_Oversized`: the node's work is not thrown away."""
         t0 = time.monotonic()
         try:
             pre = await self.rpc.headers([to])
@@ -372,36 +388,35 @@ class Indexer:
         raw = await get_logs_raw(self.rpc, frm, to, self.target.addresses)
         if not isinstance(raw, bytes):  # a JSON-RPC answer that came with a non-200 status
             raw = orjson.dumps(raw)
-        if limit is not None:
-            n = raw.count(b'"logIndex"')
-            if n > limit:
+        n = raw.count(b'"logIndex"')
+        pieces: list[Piece] | None = None
+        if limit is not None and n > limit:
+            if split and len(raw) <= MAX_SPLIT_BYTES:
+                pieces = split_by_block(raw, frm, to, n, self.range.target_logs)
+            if pieces is None:
                 raise _Oversized(n)
+            log.debug("eth_getLogs %d-%d: %d logs, decoded in %d pieces", frm, to, n, len(pieces))
+        if pieces is None:
+            pieces = [(frm, to, raw)]
+        del raw
         w = self.opts.reorg_window
-        numbers = {frm, to}
+        numbers = {a for a, _, _ in pieces} | {b for _, b, _ in pieces}
         if to > head - 2 * w - self.opts.confirmations:
             numbers.update(range(max(frm, to - w), to + 1))
         headers_task = asyncio.ensure_future(self.rpc.headers(sorted(numbers)))
+        jobs = [asyncio.ensure_future(self._prepare_piece(body, a, b, headers_task)) for a, b, body in pieces]
         try:
-            prepared = _raise_failure(await self._prepare(raw, frm, to, {}))
-            if prepared.missing_timestamps:  # a node whose logs carry no blockTimestamp
-                got = await headers_task
-                extra = [n for n in prepared.missing_timestamps if n not in got]
-                if extra:
-                    got.update(await self.rpc.headers(extra))
-                ts = {n: int(h["timestamp"], 16) for n, h in got.items()}
-                headers_task = asyncio.ensure_future(_done(got))
-                prepared = _raise_failure(await self._prepare(raw, frm, to, ts))
-                if prepared.missing_timestamps:
-                    raise ChainChanged(f"no timestamp for blocks {list(prepared.missing_timestamps)}")
+            prepared = await asyncio.gather(*jobs)
             raw_headers = await headers_task
         except MissingBlock as exc:
             raise ChainChanged(str(exc)) from None
         finally:
-            if not headers_task.done():
-                headers_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await headers_task
-        del raw
+            for task in [*jobs, headers_task]:
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*jobs, headers_task, return_exceptions=True)
+        spans = [(a, b) for a, b, _ in pieces]
+        del pieces
         headers = {n: BlockHeader.from_rpc(h) for n, h in raw_headers.items()}
         if headers[to].hash != pre[to]["hash"].lower():
             raise ChainChanged(f"block {to} changed while its range was fetched")
@@ -409,17 +424,48 @@ class Indexer:
         for a, b in zip(nums, nums[1:], strict=False):
             if b == a + 1 and headers[b].parent_hash != headers[a].hash:
                 raise ChainChanged(f"blocks {a} and {b} do not link")
-        if prepared.problem is not None:
-            raise ChainChanged(prepared.problem)
-        for bn, h in prepared.blocks.items():
-            hdr = headers.get(bn)
-            if hdr is not None and hdr.hash != h:
-                raise ChainChanged(f"log of block {bn} from another chain")
-        return FetchedRange(frm, to, [], headers, time.monotonic() - t0, prepared)
+        problem = next((p.problem for p in prepared if p.problem is not None), None)
+        if problem is not None:
+            if len(prepared) > 1:  # a cut that did not hold (or the chain changed): fetch smaller
+                raise _Oversized(n)
+            raise ChainChanged(problem)
+        out = []
+        spent = time.monotonic() - t0
+        for p, (a, b) in zip(prepared, spans, strict=True):
+            for bn, h in p.blocks.items():
+                hdr = headers.get(bn)
+                if hdr is not None and hdr.hash != h:
+                    raise ChainChanged(f"log of block {bn} from another chain")
+            own = {k: v for k, v in headers.items() if a <= k <= b}
+            out.append(FetchedRange(a, b, [], own, spent, p))
+        return out
+
+    async def _prepare_piece(
+        self, body: bytes, frm: int, to: int, headers_task: asyncio.Future[dict[int, Any]]
+    ) -> Prepared:
+        """One range's (or piece's) raw answer prepared; a node whose logs carry no blockTimestamp gets
+        them from the headers (``headers_task``, shared by the pieces of one answer)."""
+        prepared = _raise_failure(await self._prepare(body, frm, to, {}))
+        if prepared.missing_timestamps:
+            got = await headers_task
+            extra = [n for n in prepared.missing_timestamps if n not in got]
+            if extra:
+                got.update(await self.rpc.headers(extra))
+            ts = {n: int(got[n]["timestamp"], 16) for n in prepared.missing_timestamps}
+            prepared = _raise_failure(await self._prepare(body, frm, to, ts))
+            if prepared.missing_timestamps:
+                raise ChainChanged(f"no timestamp for blocks {list(prepared.missing_timestamps)}")
+        return prepared
 
     async def _prepare(self, raw: bytes, frm: int, to: int, ts: dict[int, int]) -> Prepared | RawFailure:
         """Parse, decode and fold a raw answer: in a worker process during a backfill, else in a thread."""
         cid, contracts = self.target.chain_id, self.target.contracts
+        starting = self._pool_starting
+        if self._pool is None and starting is not None and len(raw) >= POOL_WAIT_BYTES:
+            # a big answer while the workers start: wait for them rather than decode it here, where
+            # it would hold the GIL that the writer and the fetching need
+            with contextlib.suppress(Exception):
+                await asyncio.shield(starting)
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             try:
@@ -433,15 +479,18 @@ class Indexer:
         decoder, deriver = self.store.decoder, self._deriver
         return await asyncio.to_thread(prepare_raw, raw, frm, to, ts, cid, contracts, decoder, deriver)
 
-    async def _fetch_adaptive(self, frm: int, max_to: int, head: int) -> FetchedRange:
-        """A range from ``frm`` to at most ``max_to``, its span set by :class:`AdaptiveRange`."""
+    async def _fetch_adaptive(
+        self, frm: int, max_to: int, head: int, split: bool = True
+    ) -> list[FetchedRange]:
+        """Consecutive ranges from ``frm`` to at most ``max_to``, the span set by :class:`AdaptiveRange`
+        (one range, or the pieces of an oversized answer with ``split``: see :meth:`_fetch_pieces`)."""
         failures = 0
         while True:
             to = min(max_to, frm + self.range.size - 1)
             span = to - frm + 1
             limit = OVERSIZED * self.range.target_logs if span > self.range.minimum else None
             try:
-                fr = await self._fetch_range(frm, to, head, limit)
+                frs = await self._fetch_pieces(frm, to, head, limit, split)
             except RangeTooLarge as exc:
                 log.info("eth_getLogs %d-%d (%d blocks) refused: %s", frm, to, span, str(exc)[:200])
                 if span <= self.range.minimum:  # cannot shrink: a flaky provider, or one that cannot answer
@@ -454,8 +503,8 @@ class Indexer:
                 self.range.too_large(span, exc, frm)
                 continue
             except _Oversized as exc:
-                # A dense stretch after sparse ones: the grown range brought far more logs than the
-                # target. Fetch it again, smaller (the answer is dropped unparsed), so that what is
+                # A dense stretch after sparse ones, in an answer that could not be cut (or too big to
+                # hold): fetch it again, smaller (the answer is dropped unparsed), so that what is
                 # decoded and written at once (and the memory it takes) stays bounded by target_logs,
                 # whatever the chain's length.
                 self.range.success(span, exc.count)
@@ -464,8 +513,8 @@ class Indexer:
                     frm, to, exc.count, self.range.target_logs, self.range.size,
                 )  # fmt: skip
                 continue
-            self.range.success(span, fr.count)
-            return fr
+            self.range.success(span, sum(fr.count for fr in frs))
+            return frs
 
     async def _fetch_cover(self, frm: int, to: int, head: int) -> list[FetchedRange]:
         """Ranges covering exactly [frm, to] (split when the node or the log count asks for it).
@@ -475,9 +524,9 @@ class Indexer:
         stretch is not walked one small range after the other.
         """
         first = await self._fetch_adaptive(frm, to, head)
-        if first.to_block >= to:
-            return [first]
-        pieces, cur = [], first.to_block + 1
+        if first[-1].to_block >= to:
+            return first
+        pieces, cur = [], first[-1].to_block + 1
         while cur <= to:
             pieces.append((cur, min(to, cur + self.range.size - 1)))
             cur = pieces[-1][1] + 1
@@ -494,7 +543,7 @@ class Indexer:
             for t in tasks:
                 t.cancel()  # after a failure: the others are not needed
             await asyncio.gather(*tasks, return_exceptions=True)
-        return [first, *(fr for part in parts for fr in part)]
+        return [*first, *(fr for part in parts for fr in part)]
 
     async def _produce(self, start: int, safe: int, head: int, queue: asyncio.Queue[Any]) -> None:
         """Fetches ranges ahead, ``fetch_concurrency`` at a time, and queues them in chain order."""

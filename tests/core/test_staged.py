@@ -118,10 +118,15 @@ def test_staged_rows_are_stored_as_direct_inserts_store_them(tmp_path: Path) -> 
 def test_a_blob_of_another_layout_is_refused_and_nothing_is_written(engine: Engine) -> None:
     other = {"events": STAGED_COLUMNS["events"], "oracle_prices": STAGED_COLUMNS["oracle_prices"]}
     blob = stage_rows(other, {"events": _rows("events", 10, 5)})
-    with pytest.raises(ValueError, match="unexpected layout"):
-        with engine.connect() as conn, attached(conn), conn.begin():
-            insert_staged(conn, stage_rows(STAGED_COLUMNS, _tables({"events": 4}, 6)), STAGED_COLUMNS)
-            insert_staged(conn, blob, STAGED_COLUMNS)
+    first = stage_rows(STAGED_COLUMNS, _tables({"events": 4}, 6))
+    with (
+        pytest.raises(ValueError, match="unexpected layout"),
+        engine.connect() as conn,
+        attached(conn),
+        conn.begin(),
+    ):
+        insert_staged(conn, first, STAGED_COLUMNS)
+        insert_staged(conn, blob, STAGED_COLUMNS)
     assert _dump(engine, "events") == []  # the transaction rolled back, the first blob's rows too
 
 

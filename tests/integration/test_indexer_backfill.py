@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from keeper.chain.rpc import RpcClient
 from keeper.devchain.simulate import simulate, trader_address
 from keeper.errors import KeeperError
+from keeper.indexer import sync
 from keeper.indexer.sync import Indexer, SyncOptions
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import Driver, compare_with_views, fresh_dump, index_to_head, open_store
@@ -178,6 +179,48 @@ def test_decode_workers_write_what_the_keeper_process_writes(
     threads = fresh_dump(url, target, db_kind, tmp_path / "t", initial_range=5, decode_workers=0)
     assert len(workers["events"]) > 100 and len(workers["position_changes"]) > 10
     assert diff_dumps(workers, threads) == []
+
+
+def test_an_oversized_answer_is_cut_into_pieces_that_index_as_small_ranges_do(
+    deployed: Any, tmp_path: Path, db_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range whose answer holds far more logs than the target is cut at block boundaries and its
+    pieces decoded apart (in the worker processes and in the keeper's process alike): no block is
+    asked of the node twice, and the index equals one fetched a block at a time."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 2, blocks=8)
+    target = IndexTarget.from_deployment(dep)
+    cut_into: list[int] = []
+    fetched: list[tuple[int, int]] = []
+    real_split, real_get_logs = sync.split_by_block, sync.get_logs_raw
+
+    def split(raw: bytes, frm: int, to: int, logs: int, goal: int) -> Any:
+        pieces = real_split(raw, frm, to, logs, goal)
+        cut_into.append(0 if pieces is None else len(pieces))
+        return pieces
+
+    async def get_logs(rpc: Any, frm: int, to: int, addresses: Any) -> Any:
+        fetched.append((frm, to))
+        return await real_get_logs(rpc, frm, to, addresses)
+
+    monkeypatch.setattr(sync, "split_by_block", split)
+    monkeypatch.setattr(sync, "get_logs_raw", get_logs)
+    dense = {"first_range": 64, "target_logs": 15}  # the first answer: far more than 3 x 15 logs
+    for name, options in [("workers", {"workers_from_blocks": 1}), ("threads", {"decode_workers": 0})]:
+        cut_into.clear()
+        fetched.clear()
+        got = fresh_dump(url, target, db_kind, tmp_path / name, **dense, **options)
+        assert max(cut_into, default=0) >= 3, (name, cut_into)
+        blocks = [b for frm, to in fetched for b in range(frm, to + 1)]
+        assert len(blocks) == len(set(blocks)), f"{name}: blocks fetched twice: {sorted(fetched)}"
+        if name == "workers":
+            first = got
+        else:
+            assert diff_dumps(got, first) == []
+    monkeypatch.undo()
+    one_by_one = fresh_dump(url, target, db_kind, tmp_path / "small", initial_range=1, max_range=1)
+    assert len(first["events"]) > 100
+    assert diff_dumps(first, one_by_one) == []
 
 
 def test_two_writers_cannot_double_index(deployed: Any, new_db: Callable[[], str]) -> None:
