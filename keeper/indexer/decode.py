@@ -24,7 +24,6 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
 
 from keeper.indexer.abis import INDEXED_CONTRACTS, event_abis
@@ -232,6 +231,14 @@ def _convert_all(
     fns: list[tuple[str, Callable[[Any], Any] | None]], args: Mapping[str, Any]
 ) -> dict[str, Any]:
     return {k: (f(args[k]) if f is not None else args[k]) for k, f in fns}
+
+
+def _abi_decode() -> Callable[..., Any]:
+    """``eth_abi.decode``, imported on first use: only events with dynamic data need it, and it is a
+    fifth of the decode workers' start-up (they wait for it before the first range)."""
+    from eth_abi import decode
+
+    return decode
 
 
 # eth_abi results -> our representation -------------------------------------------------------------
@@ -510,7 +517,7 @@ class EventSpec:
                 out[name] = read(words, off)
         else:
             try:
-                values = abi_decode(self._data_types, raw, strict=True)
+                values = _abi_decode()(self._data_types, raw, strict=True)
             except Exception as exc:  # eth_abi raises several types
                 raise DecodeError(f"{self.name}: {exc}") from None
             for (name, conv), v in zip(self._data_convs, values, strict=True):

@@ -1,33 +1,28 @@
 """Bulk inserts on the hot path, below SQLAlchemy's per-row parameter processing.
 
-SQLite: one ``executemany`` of plain tuples. PostgreSQL: ``COPY ... FROM STDIN`` (psycopg 3) with the
-column types set. Both go through the connection of the caller's SQLAlchemy transaction, so they
-commit or roll back with it. Values are converted exactly as the column types would: BigInt as decimal
-text on SQLite / numeric on PostgreSQL, JSON through orjson, booleans as 0/1 on SQLite.
+SQLite: one ``executemany`` of plain tuples (or staged rows: :mod:`keeper.store.staged`). PostgreSQL:
+``COPY ... FROM STDIN`` (psycopg 3) with the column types set; upserts: one ``executemany``. All go
+through the connection of the caller's SQLAlchemy transaction, so they commit or roll back with it.
+Values are converted exactly as the column types would: BigInt as decimal text on SQLite / numeric on
+PostgreSQL, JSON through orjson, booleans as 0/1 on SQLite.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 from typing import Any
 
 import orjson
-from psycopg.types.json import Jsonb
 from sqlalchemy import JSON, BigInteger, Boolean, Connection, Integer, String, Table
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from keeper.store.types import BigInt
 
-__all__ = ["bulk_insert"]
+__all__ = ["insert_wire", "upsert_rows", "wire_columns", "wire_converters"]
 
 
 def _json_text(v: Any) -> Any:
     return None if v is None else orjson.dumps(v).decode()
-
-
-def _jsonb(v: Any) -> Any:
-    return None if v is None else Jsonb(v, dumps=_json_text)
 
 
 def _big_text(v: Any) -> Any:
@@ -56,14 +51,6 @@ def _kind(t: TypeEngine[Any]) -> str:
     raise TypeError(f"no bulk conversion for column type {t!r}")
 
 
-_PG_TYPES = {
-    "big": "numeric",
-    "json": "jsonb",
-    "bool": "bool",
-    "int8": "int8",
-    "int4": "int4",
-    "text": "text",
-}
 _SQLITE_CONV: dict[str, Callable[[Any], Any] | None] = {
     "big": _big_text,
     "json": _json_text,
@@ -74,61 +61,12 @@ _SQLITE_CONV: dict[str, Callable[[Any], Any] | None] = {
 }
 _PG_CONV: dict[str, Callable[[Any], Any] | None] = {
     "big": None,
-    "json": _jsonb,
+    "json": None,  # none of the tables upsert_rows writes has a JSON column
     "bool": None,
     "int8": None,
     "int4": None,
     "text": None,
 }
-
-
-def _tuples(
-    rows: Sequence[dict[str, Any]], names: list[str], convs: list[Callable[[Any], Any] | None]
-) -> list[Any]:
-    get = itemgetter(*names)
-    todo = [(i, f) for i, f in enumerate(convs) if f is not None]
-    if len(names) == 1:
-        return [(row[names[0]] if not todo else todo[0][1](row[names[0]]),) for row in rows]
-    if not todo:
-        return [get(row) for row in rows]
-    out = []
-    for row in rows:
-        values = list(get(row))
-        for i, f in todo:
-            values[i] = f(values[i])
-        out.append(values)
-    return out
-
-
-def bulk_insert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Inserts ``rows`` (dicts with the same keys, Python values) into ``table`` (current transaction)."""
-    if not rows:
-        return
-    names = list(rows[0])
-    kinds = [_kind(table.c[n].type) for n in names]
-    dialect = conn.dialect.name
-    quote = conn.dialect.identifier_preparer.quote  # e.g. liquidations.full is reserved on PostgreSQL
-    table_name = conn.dialect.identifier_preparer.format_table(table)
-    cols = ", ".join(quote(n) for n in names)
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    if dialect == "postgresql":
-        convs = [_PG_CONV[k] for k in kinds]
-        with driver.cursor() as cur, cur.copy(f"COPY {table_name} ({cols}) FROM STDIN") as copy:
-            copy.set_types([_PG_TYPES[k] for k in kinds])
-            for values in _tuples(rows, names, convs):
-                copy.write_row(values)
-        return
-    if dialect != "sqlite":
-        conn.execute(table.insert(), list(rows))
-        return
-    sql = f"INSERT INTO {table_name} ({cols}) VALUES ({', '.join('?' * len(names))})"
-    data = _tuples(rows, names, [_SQLITE_CONV[k] for k in kinds])
-    cur = driver.cursor()
-    try:
-        cur.executemany(sql, data)
-    finally:
-        cur.close()
 
 
 # ------------------------------------------------------------------------------ wire rows
@@ -209,8 +147,6 @@ def upsert_rows(
     pg = conn.dialect.name == "postgresql"
     table_convs = _PG_CONV if pg else _SQLITE_CONV
     convs = [table_convs[_kind(table.c[n].type)] for n in names]
-    if pg:  # JSON values would need Jsonb: none of the derived tables has one
-        convs = [None if f is _jsonb else f for f in convs]
     todo = [(i, f) for i, f in enumerate(convs) if f is not None]
     data: list[Sequence[Any]] = list(rows)
     if todo:
