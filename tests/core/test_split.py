@@ -111,3 +111,17 @@ def test_blocks_without_logs_at_either_end_belong_to_the_first_and_last_piece() 
     assert pieces is not None
     assert pieces[0][0] == 18 and pieces[-1][1] == 27
     _check(pieces, 18, 27, logs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**9))
+def test_a_truncated_answer_is_not_cut_or_cut_only_where_every_log_arrived(at: int) -> None:
+    """The fault proxy's truncated answers: cut at any byte, the answer is either left whole (and then
+    fails to parse, as before) or, truncated after its logs array closed, cut with every log in it."""
+    counts = {40: 30, 41: 0, 42: 55, 43: 20, 44: 61}
+    raw, logs = _answer(counts)
+    cut = raw[: at % len(raw)]
+    pieces = split_by_block(cut, 40, 44, len(logs), 30)
+    if pieces is not None:
+        assert b"}]" in cut  # the logs array had closed
+        _check(pieces, 40, 44, logs)
