@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keeper.api import format as fmt
-from keeper.publisher.calls import decode_error, fn, revert_data
+from keeper.publisher.calls import decode_error, fn
 
 JUNIOR_TRADES = 5
 SENIOR_TRADES = 20
@@ -220,7 +220,7 @@ async def simulate_trade(rpc: Any, exchange: str, account: str, market: int, siz
     try:
         await rpc.call(method, params)
     except RpcError as exc:
-        return explain_revert(revert_data(exc), ctx)
+        return explain_revert(exc.revert_data, ctx)
     return {"passes": True, "layer": None, "rule": None,
             "detail": f"the order passes every rule at the latest block (leverage {leverage}x)",
             "what_to_do": "nothing: you may send it (prices can move before it is mined)", "link": "/rules"}  # fmt: skip

@@ -26,7 +26,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -67,6 +67,19 @@ class RpcError(Exception):
 
     def __repr__(self) -> str:
         return f"RpcError(code={self.code!r}, message={self.message!r}, data={self.data!r})"
+
+    @property
+    def reverted(self) -> bool:
+        """A call that reverted (``eth_call``, ``eth_estimateGas``): code 3, or a node's "revert" text."""
+        return self.code == 3 or "revert" in self.message.lower()
+
+    @property
+    def revert_data(self) -> str | None:
+        """The revert data (hex) the error carries: anvil sends it as ``data``, others as ``{data: hex}``."""
+        d = self.data
+        if isinstance(d, Mapping):
+            d = d.get("data") or d.get("result")
+        return d if isinstance(d, str) and d.startswith("0x") else None
 
 
 class RpcTransportError(Exception):

@@ -28,8 +28,10 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from sqlalchemy import Engine, select
 
+from keeper.chain.rpc import RpcError
 from keeper.executor.funding import ExchangeViews, RiskParams, selector
 from keeper.executor.txmanager import SimulationReverted, TxHandle, TxManager
+from keeper.publisher.calls import decode_error
 from keeper.risk import math as rm
 from keeper.store.models import ACCOUNTS, MARKETS, POSITIONS
 
@@ -204,7 +206,18 @@ class AdlExecutor:
                     continue
                 step.outcome = out.state
                 del self._in_flight[m]
-            new = await self._step(m, params)
+            try:
+                new = await self._step(m, params)
+            except RpcError as exc:
+                if not exc.reverted:
+                    raise
+                # e.g. OracleInvalid: the market's feed is stale, and the contract refuses to value it;
+                # no ADL on a bad oracle, and the other markets go on
+                err = decode_error(exc.revert_data)
+                why = err[0] if err is not None else exc.message
+                log.warning("ADL check of market %d skipped at block %d: the exchange's views revert (%s)",
+                            m, head, why)  # fmt: skip
+                continue
             if new is not None:
                 sent.append(new)
         return sent

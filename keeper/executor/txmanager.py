@@ -132,21 +132,8 @@ def _msg(exc: RpcError) -> str:
     return exc.message.lower()
 
 
-def _is_revert(exc: RpcError) -> bool:
-    return exc.code == 3 or "revert" in _msg(exc)
-
-
-def _revert_data(exc: RpcError) -> str | None:
-    d = exc.data
-    if isinstance(d, dict):
-        d = d.get("data") or d.get("result")
-    if isinstance(d, str) and d.startswith("0x"):
-        return d
-    return None
-
-
 def _revert_reason(exc: RpcError) -> SimulationReverted:
-    data = _revert_data(exc)
+    data = exc.revert_data
     reason = exc.message
     try:
         if data and data.startswith(_ERROR_STRING):
@@ -290,7 +277,7 @@ class TxManager:
             raise sim  # SimulationReverted first: nothing is allocated
         if gas is None:
             first = answers[0]
-            if isinstance(first, RpcError) and _is_revert(first):
+            if isinstance(first, RpcError) and first.reverted:
                 raise _revert_reason(first) from None
             if isinstance(first, BaseException):
                 raise first
@@ -497,7 +484,7 @@ class TxManager:
         try:
             await self.rpc.call("eth_call", [call, block])
         except RpcError as exc:
-            if _is_revert(exc):
+            if exc.reverted:
                 raise _revert_reason(exc) from None
             raise
 

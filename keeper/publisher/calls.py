@@ -137,17 +137,5 @@ def decode_error(data: str | bytes | None) -> tuple[str, dict[str, Any]] | None:
     return spec.name, dict(zip(spec.arg_names, values, strict=True))
 
 
-def revert_data(err: Any) -> str | None:
-    """The revert data carried by a JSON-RPC error's ``data`` (anvil: a hex string; others: {data: hex})."""
-    d = getattr(err, "data", None)
-    if isinstance(d, str) and d.startswith("0x"):
-        return d
-    if isinstance(d, Mapping):
-        inner = d.get("data")
-        if isinstance(inner, str) and inner.startswith("0x"):
-            return inner
-    return None
-
-
 def batch_calls(calls: Sequence[tuple[str, list[Any]]]) -> list[tuple[str, list[Any]]]:
     return list(calls)

@@ -182,6 +182,46 @@ def test_profit_surge_triggers_adl_of_the_top_ranked(small_vault: Env) -> None:
     assert logs[-1]["args"]["active"] is False
 
 
+def test_a_market_with_a_bad_oracle_is_skipped_and_the_others_checked(
+    small_vault: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A feed answering 0 makes the exchange's views of that market revert (OracleInvalid): the ADL
+    job says so in one line and goes on with the other markets, instead of failing the whole job."""
+    from keeper.chain.connect import contract
+
+    e = small_vault
+    ex = e.d.c["Exchange"]
+    bad = next(m for m in e.d.markets if m.id == 2)
+    feeds = [contract(e.d.w3, "MockAggregator", f) for f in (bad.primary, bad.secondary)]
+    e.d.send_all([e.d.tx(agg, "setAnswer", [0], e.d.feed_owner(agg.address), gas=200_000) for agg in feeds])
+    with pytest.raises(Exception, match="0x580664e1"):  # OracleInvalid(uint256,uint8,uint8)
+        ex.functions.adlState(2).call()
+    checked: list[int] = []
+
+    async def main() -> list[Any]:
+        rpc = RpcClient(e.anvil.url, timeout=30.0)
+        views = ExchangeViews(rpc, ex.address, e.d.c["OracleHub"].address)
+        real = views.adl_state
+
+        async def adl_state(m: int) -> Any:
+            checked.append(m)
+            return await real(m)
+
+        views.adl_state = adl_state  # type: ignore[method-assign]
+        txm = TxManager(rpc, signer(ADL_KEY), TxJournal(e.engine), "adl", 31337, 100 * GWEI)
+        adl = AdlExecutor(views, txm, e.engine, 31337, [2, 0, 1])
+        try:
+            return await adl.run_once(await views.params())
+        finally:
+            await rpc.close()
+
+    with caplog.at_level("WARNING", logger="keeper.executor.adl"):
+        sent = asyncio.run(asyncio.wait_for(main(), 60))
+    assert sent == [] and checked == [2, 0, 1], "market 2 skipped, markets 0 and 1 still checked"
+    lines = [r.getMessage() for r in caplog.records if "ADL check of market 2 skipped" in r.getMessage()]
+    assert len(lines) == 1 and "OracleInvalid" in lines[0], lines
+
+
 def test_socialized_loss_raises_a_fund_shortfall_alert(empty_fund: Env) -> None:
     e = empty_fund
     ex = e.d.c["Exchange"]
