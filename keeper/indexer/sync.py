@@ -66,7 +66,7 @@ POOL_WAIT_BYTES = 1 << 20
 #: a range with more than this many times target_logs is cut into pieces, or fetched again smaller
 OVERSIZED = 3
 #: an oversized answer is cut up to this size; a bigger one is fetched again, smaller (the answer and its
-#: pieces are in memory at once: about 85 bytes a log, so 64 MiB is 75,000 logs or 15 times target_logs)
+#: pieces are in memory at once: about 850 bytes a log, so 64 MiB is some 75,000 logs, 15 x target_logs)
 MAX_SPLIT_BYTES = 64 << 20
 
 
@@ -784,10 +784,6 @@ def _raise_failure(p: Prepared | RawFailure) -> Prepared:
         assert rng is not None
         raise rng
     raise RangeTooLarge(f"{p.message}: shrinking the range")
-
-
-async def _done(value: Any) -> Any:
-    return value
 
 
 async def _shielded(coro: Any) -> Any:
