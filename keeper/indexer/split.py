@@ -7,10 +7,11 @@ big answer for nothing. Instead the raw answer is cut at block boundaries into p
 
 Only the bytes are looked at: the logs array of ``"result"``, each log an object without nested objects
 (so the ``{`` before a log's ``"blockNumber"`` opens that log), logs separated by a bare comma, and each
-block's logs together, in block order, as nodes send them. An answer laid out otherwise (whitespace, a
-block number written differently, blocks out of order) is not cut: :func:`split_by_block` returns
-None and the caller fetches smaller ranges as before. Every piece is still checked when decoded (a log
-outside its piece's blocks is a problem there), so a wrong cut can cost a fetch, never a log.
+block's logs together, in block order, as nodes send them. An answer laid out otherwise (whitespace
+between logs, blocks out of order) is not cut: :func:`split_by_block` returns None and the caller
+fetches smaller ranges as before; a block whose number is written otherwise (leading zeros) is only
+not a place to cut. Every piece is still checked when decoded (a log outside its piece's blocks is a
+problem there), so a wrong cut can cost a fetch, never a log.
 """
 
 from __future__ import annotations
