@@ -405,6 +405,8 @@ class Indexer:
             numbers.update(range(max(frm, to - w), to + 1))
         headers_task = asyncio.ensure_future(self.rpc.headers(sorted(numbers)))
         jobs = [asyncio.ensure_future(self._prepare_piece(body, a, b, headers_task)) for a, b, body in pieces]
+        spans = [(a, b) for a, b, _ in pieces]
+        del pieces  # each piece's bytes are freed once its job is done, not after the last one
         try:
             prepared = await asyncio.gather(*jobs)
             raw_headers = await headers_task
@@ -415,8 +417,6 @@ class Indexer:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(*jobs, headers_task, return_exceptions=True)
-        spans = [(a, b) for a, b, _ in pieces]
-        del pieces
         headers = {n: BlockHeader.from_rpc(h) for n, h in raw_headers.items()}
         if headers[to].hash != pre[to]["hash"].lower():
             raise ChainChanged(f"block {to} changed while its range was fetched")
