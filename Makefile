@@ -26,6 +26,7 @@ FORGE_FLAGS  := --offline --use $(SOLC_WRAPPER)
 export FOUNDRY_PROFILE ?= default
 
 VENV_STAMP := $(VENV)/.stamp
+SCAN_STAMP := $(VENV)/.scan-stamp
 NODE_STAMP := $(CONTRACTS)/node_modules/.stamp
 NODE_LOCK  := $(wildcard $(CONTRACTS)/package-lock.json)
 
@@ -36,19 +37,26 @@ export ANVIL FORGE CAST PY
 help:
 	@echo "make run         install, build, start anvil on 127.0.0.1:8545, deploy, simulate (Ctrl-C stops)"
 	@echo "make test        build, abis check, forge tests, lint, pytest"
-	@echo "make setup       venv (.venv, pinned by constraints.txt) + Foundry/solc/OpenZeppelin (npm)"
+	@echo "make setup       venv (.venv, pinned by constraints.txt), the C log scanner, Foundry/solc/OpenZeppelin (npm)"
 	@echo "make build       forge build (solc 0.8.28 via solc-js wrapper, offline)"
 	@echo "make abis        export contract ABIs to abis/"
 	@echo "make forge-test | pytest | lint | lock | clean | distclean"
 
 ## ---- setup ---------------------------------------------------------------------------------------
-setup: $(VENV_STAMP) $(NODE_STAMP)
+setup: $(VENV_STAMP) $(SCAN_STAMP) $(NODE_STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV_STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The indexer's C log scanner (keeper/indexer/_scan.c), built in place. It is optional: without a C
+# compiler setup.py only warns and the indexer runs its Python path, slower (tests/core/test_scan.py
+# fails then, so `make test` does not pass silently without it).
+$(SCAN_STAMP): keeper/indexer/_scan.c setup.py $(VENV_STAMP)
+	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
 # `npm ci` when there is a lock. The reachable registry lacks some of Foundry's optional platform
@@ -103,7 +111,7 @@ browser:
 
 # The Postgres half of the suite uses the server at KEEPER_TEST_PG_URL (default 127.0.0.1:5432) or,
 # when none answers, a throwaway one that scripts/ensure-postgres.sh starts and stops around the run.
-pytest: $(VENV_STAMP) browser
+pytest: $(VENV_STAMP) $(SCAN_STAMP) browser
 	@url="$$(scripts/ensure-postgres.sh)"; rc=0; \
 	  KEEPER_TEST_PG_URL="$$url" $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	  scripts/ensure-postgres.sh --stop; exit $$rc
@@ -116,7 +124,7 @@ lint: $(VENV_STAMP)
 # Indexer throughput on a cached 200k-event anvil chain (var/bench/): raw eth_getLogs, keeper index into
 # SQLite and PostgreSQL, a web3.py baseline, peak RSS at two chain lengths. Results: docs/benchmarks.md.
 .PHONY: bench-indexer
-bench-indexer: $(VENV_STAMP)
+bench-indexer: $(VENV_STAMP) $(SCAN_STAMP)
 	@url="$$(scripts/ensure-postgres.sh)"; rc=0; \
 	  KEEPER_TEST_PG_URL="$$url" $(PY) bench/indexer.py $(BENCH_ARGS) || rc=$$?; \
 	  scripts/ensure-postgres.sh --stop; exit $$rc
@@ -129,6 +137,7 @@ run: setup build
 
 clean:
 	rm -rf $(CONTRACTS)/out $(CONTRACTS)/cache var .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf build keeper/indexer/_scan.*.so $(SCAN_STAMP)
 	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './contracts/node_modules/*' -prune -exec rm -rf {} +
 
 # Also remove the installed toolchains (next `make setup` reinstalls them).

@@ -404,6 +404,45 @@ def _compile_fast(spec: EventSpec) -> Callable[[Sequence[str], str], tuple[dict[
     return fn
 
 
+# --------------------------------------------------------------------------------------- native programs
+#
+# The compiled scanner (keeper/indexer/_scan.c) decodes static events from a program of nodes
+# (name, kind, source, bits, children): source >= 0 is a data word, < 0 the topic -1 - source; bits is
+# the width of an integer or N of bytesN; children are a tuple's components or an array's elements.
+
+_NATIVE_UINT, _NATIVE_INT, _NATIVE_ADDRESS, _NATIVE_BOOL, _NATIVE_BYTES, _NATIVE_HASH = 1, 2, 3, 4, 5, 6
+_NATIVE_TUPLE, _NATIVE_ARRAY = 7, 8
+
+
+def _native_node(param: Mapping[str, Any], src: int, name: str | None = None) -> tuple[Any, ...]:
+    """The node of a static parameter laid out from word ``src`` (or in topic ``-1 - src``)."""
+    name = param["name"] if name is None else name
+    t = param["type"]
+    m = _ARRAY_RE.match(t)
+    if m:
+        inner = {**param, "type": m.group(1)}
+        width = _static_words(inner)
+        items = tuple(_native_node(inner, src + i * width, "") for i in range(int(m.group(2))))
+        return (name, _NATIVE_ARRAY, src, 0, items)
+    if t == "tuple":
+        parts, off = [], src
+        for c in param["components"]:
+            parts.append(_native_node(c, off))
+            off += _static_words(c)
+        return (name, _NATIVE_TUPLE, src, 0, tuple(parts))
+    if t.startswith("uint"):
+        return (name, _NATIVE_UINT, src, _int_bits(t, "uint"), ())
+    if t.startswith("int"):
+        return (name, _NATIVE_INT, src, _int_bits(t, "int"), ())
+    if t == "address":
+        return (name, _NATIVE_ADDRESS, src, 0, ())
+    if t == "bool":
+        return (name, _NATIVE_BOOL, src, 0, ())
+    if t.startswith("bytes") and t != "bytes":
+        return (name, _NATIVE_BYTES, src, int(t[5:]), ())
+    raise ValueError(f"unsupported static ABI type {t!r}")
+
+
 # --------------------------------------------------------------------------------------- event specs
 
 
@@ -527,6 +566,28 @@ class EventSpec:
         if self._in_order:  # indexed parameters first (most events): already in ABI order
             return out
         return {k: out[k] for k in self._order}
+
+    def native_program(self) -> tuple[Any, ...] | None:
+        """This event's program for the compiled scanner (:mod:`keeper.indexer.scan`): one node per
+        parameter in ABI order, None when its data is dynamic (the scanner then calls
+        :meth:`decode_json`). Every data word is read by exactly one node."""
+        if not self._data_static:
+            return None
+        first = self.n_topics - len([p for p in self.inputs if p.get("indexed")])
+        nodes: dict[str, tuple[Any, ...]] = {}
+        k = 0
+        for p in self.inputs:
+            if p.get("indexed"):
+                src = -1 - (first + k)
+                k += 1
+                hashed = _is_dynamic(p) or p["type"] == "tuple" or _ARRAY_RE.match(p["type"])
+                nodes[p["name"]] = (p["name"], _NATIVE_HASH, src, 0, ()) if hashed else _native_node(p, src)
+        off = 0
+        for p in self.inputs:
+            if not p.get("indexed"):
+                nodes[p["name"]] = _native_node(p, off)
+                off += _static_words(p)
+        return tuple(nodes[name] for name in self._order)
 
     def to_json(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return _convert_all(self._json_fns, args)

@@ -1,6 +1,8 @@
 """A fetched range made ready to write, without the database: parse, decode, rows, fold.
 
-During a backfill this runs in worker processes (:func:`prepare_raw`, fed the raw ``eth_getLogs``
+A raw answer is parsed and decoded by the compiled scanner (:mod:`keeper.indexer.scan`) when it is
+built and the answer is a sound one, else by the Python path below (same result). During a backfill
+this runs in worker processes (:func:`prepare_raw`, fed the raw ``eth_getLogs``
 answer) so that parsing and decoding leave the writer's core; what comes back is compact and
 picklable: ``events`` rows as tuples of wire values (args JSON encoded once, here) and the derived
 tables' :class:`~keeper.indexer.derive.Folded` effect. Small ranges (the live tail, tests) run the same
@@ -23,6 +25,7 @@ import orjson
 from keeper.indexer.decode import DecodeError, EventDecoder, checksum_address
 from keeper.indexer.derive import Deriver, Folded, history_columns
 from keeper.indexer.records import MAX_BIGINT, LogRecord
+from keeper.indexer.scan import scan
 from keeper.store.bulk import wire_columns
 from keeper.store.models import APPEND_ONLY, EVENTS
 from keeper.store.staged import stage_rows
@@ -284,13 +287,21 @@ def prepare_raw(
     contracts: Mapping[str, str],
     decoder: EventDecoder | None = None,
     deriver: Deriver | None = None,
+    native: bool = True,
 ) -> Prepared | RawFailure:
-    """:func:`prepare_logs` of a raw answer (decoder and deriver default to the process's)."""
+    """:func:`prepare_logs` of a raw answer (decoder and deriver default to the process's): through the
+    compiled scanner (:mod:`keeper.indexer.scan`) when it is built and takes the answer (``native``),
+    else the Python path. Both give the same result."""
+    if decoder is None or deriver is None:
+        decoder, deriver = _state()
+    if native:
+        scanned = scan(raw, frm, to, timestamps, chain_id, contracts, decoder)
+        if scanned is not None:
+            records, rows, blocks = scanned
+            return Prepared(rows, deriver.fold(chain_id, records), blocks)
     logs = parse_raw(raw)
     if isinstance(logs, RawFailure):
         return logs
-    if decoder is None or deriver is None:
-        decoder, deriver = _state()
     return prepare_logs(logs, frm, to, timestamps, chain_id, contracts, decoder, deriver)
 
 

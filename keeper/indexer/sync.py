@@ -42,6 +42,7 @@ import orjson
 from keeper.chain.logs import RangeTooLarge, classify_range_error, get_logs_raw
 from keeper.chain.rpc import MissingBlock, RpcClient, RpcError, RpcTransportError, RpcUnavailable
 from keeper.errors import KeeperError
+from keeper.indexer import scan
 from keeper.indexer.derive import Deriver
 from keeper.indexer.fetch import AdaptiveRange
 from keeper.indexer.prepare import (
@@ -191,6 +192,11 @@ class Indexer:
                 )  # fmt: skip
         self.cp = cp
         self._last_head = head
+        if not scan.AVAILABLE:
+            log.warning(
+                "the indexer's C log scanner is not built (no C compiler when it was installed?): decoding "
+                "in Python, which backfills slower; `make setup` builds it"
+            )
         await self._check_tip(head)
         return self.cp
 
