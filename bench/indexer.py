@@ -9,6 +9,9 @@
    (a) raw ``eth_getLogs`` of the whole indexed range over HTTP (aiohttp, ``--raw-span``-block
        requests, bytes only, nothing parsed): the ceiling;
    (b) ``keeper index --until-head`` (the service's ``run_index``, the CLI's code path) into SQLite;
+   (b0) with ``--baseline REV``: (b) with the keeper package of commit REV (its C extensions built
+       as ``make setup`` builds them); with ``--repeat N``, (b) and (b0) alternate N times, each
+       first in turn, and the table shows the median run of each and every pair's ratio;
    (c) the same into PostgreSQL (a throwaway database on the server of ``KEEPER_TEST_PG_URL`` or
        127.0.0.1:5432);
    (d) a straightforward web3.py indexer: ``contract.events.X.get_logs`` per event type and range,
@@ -28,6 +31,7 @@ import asyncio
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -321,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also run (b0): keeper index into SQLite with the keeper package of git commit REV",
     )
     p.add_argument("--skip", default="", help="comma-separated runs to leave out while iterating: d, e")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --baseline: run (b) and (b0) alternately this many times; the table shows the median "
+        "run of each and the ratios of every pair",
+    )
     args = p.parse_args(argv)
 
     from keeper.chain.deployments import Deployment
@@ -369,17 +380,18 @@ def main(argv: list[str] | None = None) -> int:
                 mid_block = b
             if acc >= args.naive_events:
                 naive_stop = min(naive_stop, b)
-        for kind in [k.strip() for k in args.db.split(",") if k.strip()]:
+
+        def index(kind: str) -> dict[str, Any]:
             with throwaway_database(kind, CACHE / "db") as url:
                 r = run_worker("_index", env, rpc=node.url, db_url=url, deployment=deployment)
-            results[f"index_{kind}"] = r
             print(
                 f"({'b' if kind == 'sqlite' else 'c'}) keeper index --until-head into {kind}: "
                 f"{r['events']:,} events in {r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
                 flush=True,
             )
-        if args.baseline:
-            code = baseline_tree(args.baseline)
+            return r
+
+        def index_baseline(code: Path) -> dict[str, Any]:
             with throwaway_database("sqlite", CACHE / "db") as url:
                 r = run_worker(
                     "_index",
@@ -391,12 +403,34 @@ def main(argv: list[str] | None = None) -> int:
             r["rev"] = args.baseline
             if Path(r["keeper_package"]).resolve() != (code / "keeper").resolve():
                 raise SystemExit(f"(b0) ran the keeper of {r['keeper_package']}, not the baseline's {code}")
-            results["b0_baseline"] = r
             print(
                 f"(b0) the same with the keeper of {args.baseline}: {r['events']:,} events in "
                 f"{r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
                 flush=True,
             )
+            return r
+
+        code = baseline_tree(args.baseline) if args.baseline else None
+        kinds = [k.strip() for k in args.db.split(",") if k.strip()]
+        pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for kind in kinds:
+            if kind == "sqlite" and code is not None:
+                # (b) and (b0) alternate, --repeat times, each first in turn: the two of a pair ran
+                # under the same machine load, and neither always has the warmer node
+                for i in range(max(1, args.repeat)):
+                    if i % 2 == 0:
+                        b = index(kind)
+                        pairs.append((b, index_baseline(code)))
+                    else:
+                        b0 = index_baseline(code)
+                        pairs.append((index(kind), b0))
+                results["index_sqlite"] = _median_run([b for b, _ in pairs])
+                results["b0_baseline"] = _median_run([b0 for _, b0 in pairs])
+                results["b0_baseline"]["pair_ratios"] = [b0["seconds"] / b["seconds"] for b, b0 in pairs]
+            else:
+                results[f"index_{kind}"] = index(kind)
+        if code is not None and not pairs:  # no SQLite run: (b0) alone
+            results["b0_baseline"] = index_baseline(code)
         skip = {k.strip() for k in args.skip.split(",") if k.strip()}
         naive_db = CACHE / "db" / "naive.sqlite"
         naive_db.parent.mkdir(parents=True, exist_ok=True)
@@ -447,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time (the lower middle one of an even count), with every run's seconds."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[(len(ordered) - 1) // 2], "all_seconds": [r["seconds"] for r in runs]}
+
+
 def baseline_tree(rev: str) -> Path:
     """The ``keeper`` package of commit ``rev`` (git archive), next to this checkout's contracts."""
     commit = subprocess.run(
@@ -461,6 +501,12 @@ def baseline_tree(rev: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "archive", rev, "keeper"], cwd=REPO, check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+        setup = subprocess.run(["git", "show", f"{rev}:setup.py"], cwd=REPO, capture_output=True)
+        if setup.returncode == 0:  # the baseline's C extensions, built as make setup builds them
+            (folder / "setup.py").write_bytes(setup.stdout)
+            subprocess.run(
+                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=folder, check=True
+            )
     link = folder / "contracts"
     if not link.exists():
         link.symlink_to(REPO / "contracts")  # the ABIs (contracts/out)
@@ -500,7 +546,14 @@ def table(res: dict[str, dict[str, Any]]) -> str:
         lines.append("  ".join(parts))
     b0 = res.get("b0_baseline")
     if b0 is not None and res.get("index_sqlite") is not None:
-        lines.append(f"sqlite: {rate(res['index_sqlite']) / rate(b0):.2f}x (b0) ({b0['rev']})")
+        line = f"sqlite: {rate(res['index_sqlite']) / rate(b0):.2f}x (b0) ({b0['rev']})"
+        ratios = b0.get("pair_ratios", [])
+        if len(ratios) > 1:
+            line += (
+                f"; pair by pair {', '.join(f'{x:.2f}x' for x in ratios)}, "
+                f"median {statistics.median(ratios):.2f}x"
+            )
+        lines.append(line)
     b, e = res.get("index_sqlite"), res.get("e_half_sqlite")
     if b is not None and e is not None:
         lines.append(
