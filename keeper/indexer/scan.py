@@ -1,7 +1,7 @@
 """The compiled scanner: a raw ``eth_getLogs`` answer straight to records and ``events`` rows, in C.
 
 :mod:`keeper.indexer.prepare`'s Python path parses the answer with orjson, then reads every log's fields
-and words in Python: about 7 us a log, most of a decode worker's time during a backfill. The C module
+and words in Python: about 7 us a log, half of a decode worker's CPU during a backfill. The C module
 ``keeper/indexer/_scan.c`` (built by ``make setup``, see ``setup.py``) does the same on the answer's bytes
 and builds the same objects. It takes only the answers a node sends for a sound range and returns None
 for anything else (a removed log, a block outside the range, logs out of order, a missing timestamp, an
@@ -9,7 +9,8 @@ unknown event, a malformed word, JSON it does not read): the caller then runs th
 says what is wrong or decodes the odd log exactly as before. ``tests/core/test_scan.py`` compares both.
 
 Without a C compiler the module is not built and :data:`AVAILABLE` is False: the indexer runs the Python
-path alone, correct and about 2x slower in the workers (one line in its log says so).
+path alone: the same results for about twice the parsing and decoding CPU (one line in its log says
+so). docs/benchmarks.md has the figures, and why two workers on 2 cores hide the difference.
 """
 
 from __future__ import annotations

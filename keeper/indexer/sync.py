@@ -195,7 +195,7 @@ class Indexer:
         if not scan.AVAILABLE:
             log.warning(
                 "the indexer's C log scanner is not built (no C compiler when it was installed?): decoding "
-                "in Python, which backfills slower; `make setup` builds it"
+                "in Python, with about twice the CPU; `make setup` builds it"
             )
         await self._check_tip(head)
         return self.cp
