@@ -41,17 +41,51 @@ static inline int eat(Cur *c, char ch) {
     return 0;
 }
 
-/* A string without escapes (an escape is never in what we read: refused, the caller falls back). */
+/* A string of printable ASCII without escapes: all a node writes. Anything else (an escape, a control
+ * character that JSON forbids, bytes that may or may not be valid UTF-8) is refused and the caller
+ * falls back to the Python path, whose JSON reader then accepts or rejects the answer itself. */
 static int str(Cur *c, Span *out) {
     ws(c);
     if (c->p >= c->end || *c->p != '"') return 0;
     const char *s = ++c->p;
-    const char *q = memchr(s, '"', (size_t)(c->end - s));
-    if (q == NULL) return 0;
-    if (memchr(s, '\\', (size_t)(q - s)) != NULL) return 0;
+    const char *q = s;
+    while (q < c->end && *q != '"') {
+        unsigned char ch = (unsigned char)*q++;
+        if (ch < 0x20 || ch >= 0x7f || ch == '\\') return 0;
+    }
+    if (q >= c->end) return 0;
     out->s = s;
     out->n = q - s;
     c->p = q + 1;
+    return 1;
+}
+
+static inline int digits(Cur *c) { /* one or more */
+    const char *s = c->p;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
+    return c->p > s;
+}
+
+/* A JSON number, by the grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int number(Cur *c) {
+    if (c->p < c->end && *c->p == '-') c->p++;
+    if (c->p < c->end && *c->p == '0') {
+        c->p++;
+    } else if (c->p >= c->end || *c->p < '1' || *c->p > '9' || !digits(c)) {
+        return 0;
+    }
+    if (c->p < c->end && *c->p == '.' && (c->p++, !digits(c))) return 0;
+    if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+        c->p++;
+        if (c->p < c->end && (*c->p == '+' || *c->p == '-')) c->p++;
+        if (!digits(c)) return 0;
+    }
+    return 1;
+}
+
+static int literal(Cur *c, const char *lit, Py_ssize_t n) {
+    if (c->end - c->p < n || memcmp(c->p, lit, (size_t)n) != 0) return 0;
+    c->p += n;
     return 1;
 }
 
@@ -87,9 +121,10 @@ static int skip_value(Cur *c, int depth) {
         c->p++;
         return skip_container(c, ']', depth);
     }
-    const char *s = c->p;
-    while (c->p < c->end && (strchr("+-.0123456789eEtrufalsn", *c->p) != NULL)) c->p++;
-    return c->p > s;
+    if (ch == 't') return literal(c, "true", 4);
+    if (ch == 'f') return literal(c, "false", 5);
+    if (ch == 'n') return literal(c, "null", 4);
+    return number(c);
 }
 
 static inline int key_is(const Span *k, const char *lit, Py_ssize_t n) {
@@ -372,7 +407,7 @@ typedef struct {
 
 /* Reads one log object; 1, or 0 when it is not of the expected shape. */
 static int read_log(Cur *c, RawLog *lg) {
-    int seen = 0;
+    int seen = 0, timestamp_seen = 0;
     lg->n_topics = 0;
     lg->has_timestamp = 0;
     lg->removed = 0;
@@ -407,9 +442,8 @@ static int read_log(Cur *c, RawLog *lg) {
                 if (key_is(&k, "address", 7)) target = &lg->address, bit = NEED_ADDRESS;
                 else if (key_is(&k, "removed", 7)) {
                     ws(c);
-                    if (c->end - c->p >= 5 && memcmp(c->p, "false", 5) == 0) c->p += 5;
-                    else if (c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0) c->p += 4;
-                    else return 0; /* removed (or odd): the Python path says why */
+                    if (!literal(c, "false", 5) && !literal(c, "null", 4))
+                        return 0; /* removed (or odd): the Python path says why */
                     goto next;
                 }
                 break;
@@ -424,11 +458,9 @@ static int read_log(Cur *c, RawLog *lg) {
                 break;
             case 14:
                 if (key_is(&k, "blockTimestamp", 14)) {
+                    if (timestamp_seen++) return 0; /* a key twice: not ours */
                     ws(c);
-                    if (c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0) {
-                        c->p += 4;
-                        goto next;
-                    }
+                    if (literal(c, "null", 4)) goto next;
                     if (!str(c, &lg->timestamp)) return 0;
                     lg->has_timestamp = lg->timestamp.n > 0;
                     goto next;
@@ -613,6 +645,11 @@ static int scan_log(Scan *S, const RawLog *lg) {
                 return -1;
             }
             PyList_SET_ITEM(topics, i, t);
+        }
+        if (lg->data.n < 2 || lg->data.s[0] != '0' || lg->data.s[1] != 'x' ||
+            !all_hex(lg->data.s + 2, lg->data.n - 2)) {
+            Py_DECREF(topics);
+            return 0;
         }
         PyObject *data = text(&lg->data);
         if (data == NULL) {

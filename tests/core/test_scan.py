@@ -36,10 +36,16 @@ ADDRESSES = {
 BY_CONTRACT = {c: a for a, c in ADDRESSES.items()}
 #: events we can generate (an indexed dynamic parameter is a hash: not encoded by _encode_log)
 EVENTS = [(c, e) for c, e in ALL_EVENTS if not any(p.get("indexed") and _is_dynamic(p) for p in e["inputs"])]
+#: values of a key the scanner skips: valid JSON, and what a JSON reader must refuse (a control character
+#: in a string, invalid UTF-8, a bad literal, numbers the grammar forbids)
+ENVELOPE_VALUES = [
+    b'"a\x01b"', b"tru", b"nul", b"01", b"1.", b".5", b"+1", b'"\xff"', b'"\xc3\xa9"',
+    b"1.5e3", b"-0", b"[1,{\"a\":null},true]", b'"\\u00e9"',
+]  # fmt: skip
 SPOILS = [
     "none", "removed", "outside", "two-hashes", "out-of-order", "duplicate", "no-timestamp",
     "unknown-topic", "unknown-address", "bad-word", "short-data", "upper-hash", "upper-topic0",
-    "escaped", "error-answer", "null-result", "bad-words", "bad-topics", "dup-topics",
+    "escaped", "error-answer", "null-result", "bad-words", "bad-topics", "dup-topics", "odd-envelope",
 ]  # fmt: skip
 
 
@@ -155,6 +161,8 @@ def _layout(logs: list[dict[str, Any]], style: int, how: str) -> bytes:
     elif how == "null-result":
         reply["result"] = None
     raw = orjson.dumps(reply, option=orjson.OPT_INDENT_2 if style % 5 == 4 else 0)
+    if how == "odd-envelope":  # a key we skip, holding valid or invalid JSON: both paths must agree
+        raw = b'{"x":' + ENVELOPE_VALUES[style % len(ENVELOPE_VALUES)] + b"," + raw[1:]
     if how == "dup-topics":  # the first log's topics split over two keys: a JSON reader keeps the last
         raw = re.sub(rb'("topics":\s*\[\s*"0x[0-9a-fA-F]{64}")\s*,', rb'\1],"topics":[', raw, count=1)
     return raw
@@ -289,3 +297,33 @@ def test_every_word_at_the_edges_of_its_type(decoder: EventDecoder, deriver: Der
                 scanned += scan.scan(raw, FRM, TO, {}, CHAIN_ID, ADDRESSES, decoder) is not None
     assert checked > 3000
     assert scanned > checked // 4  # most edges are in range for most types: the scanner takes those
+
+
+@pytest.mark.parametrize("value", ENVELOPE_VALUES, ids=[v.decode("latin-1") for v in ENVELOPE_VALUES])
+def test_json_the_reader_refuses_is_refused(decoder: EventDecoder, deriver: Deriver, value: bytes) -> None:
+    """A sound answer with a key the scanner skips: where the JSON reader refuses the value, the answer is
+    malformed on both paths; where it accepts it, both decode the logs."""
+    contract, abi = next((c, e) for c, e in EVENTS if e["name"] == "Deposited")
+    spec = decoder.by_name[(contract, abi["name"])]
+    log = {
+        "address": BY_CONTRACT[contract],
+        "topics": [spec.topic0] + ["0x" + "00" * 32] * (spec.n_topics - 1),
+        "data": "0x" + "00" * 32 * spec._data_words,
+        "blockHash": "0x" + "11" * 32,
+        "blockNumber": hex(FRM),
+        "blockTimestamp": hex(1_700_000_000),
+        "transactionHash": "0x" + "22" * 32,
+        "transactionIndex": "0x0",
+        "logIndex": "0x0",
+        "removed": False,
+    }
+    raw = b'{"x":' + value + b"," + orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": [log]})[1:]
+    try:
+        orjson.loads(raw)
+        valid = True
+    except orjson.JSONDecodeError:
+        valid = False
+    native = prepare_raw(raw, FRM, TO, {}, CHAIN_ID, ADDRESSES, decoder, deriver)
+    python = prepare_raw(raw, FRM, TO, {}, CHAIN_ID, ADDRESSES, decoder, deriver, native=False)
+    _same(native, python)
+    assert isinstance(native, Prepared if valid else RawFailure)
