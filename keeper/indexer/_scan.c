@@ -144,9 +144,11 @@ static void init_hex(void) {
     }
 }
 
-/* A quantity "0x..." (1 to 16 digits) -> value; 0 when malformed. */
+/* A quantity "0x..." (1 to 16 digits, no leading zero, as JSON-RPC writes them) -> value; 0 when
+ * malformed or written otherwise (the Python path tells "0x0a" from "0xa" in places: left to it). */
 static int quantity(const Span *s, unsigned long long *out) {
     if (s->n < 3 || s->n > 18 || s->s[0] != '0' || s->s[1] != 'x') return 0;
+    if (s->n > 3 && s->s[2] == '0') return 0;
     unsigned long long v = 0;
     for (Py_ssize_t i = 2; i < s->n; i++) {
         int h = HEXV[(unsigned char)s->s[i]];
