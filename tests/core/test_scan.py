@@ -265,6 +265,26 @@ EDGES = sorted(
 )
 
 
+def _single_log(contract: str, topics: list[str], data: str) -> dict[str, Any]:
+    """The one log of block FRM's one transaction."""
+    return {
+        "address": BY_CONTRACT[contract],
+        "topics": topics,
+        "data": data,
+        "blockHash": "0x" + "11" * 32,
+        "blockNumber": hex(FRM),
+        "blockTimestamp": hex(1_700_000_000),
+        "transactionHash": "0x" + "22" * 32,
+        "transactionIndex": "0x0",
+        "logIndex": "0x0",
+        "removed": False,
+    }
+
+
+def _answer_of(*logs: dict[str, Any]) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": list(logs)})
+
+
 def test_every_word_at_the_edges_of_its_type(decoder: EventDecoder, deriver: Deriver) -> None:
     """Each static event with every data word and every indexed topic in turn at each edge value (the
     others zero, valid for every static type): the scanner and the Python path agree on all of them."""
@@ -282,19 +302,7 @@ def test_every_word_at_the_edges_of_its_type(decoder: EventDecoder, deriver: Der
                     data[where[1]] = f"{value:064x}"
                 else:
                     topics[where[1]] = f"0x{value:064x}"
-                log = {
-                    "address": BY_CONTRACT[contract],
-                    "topics": topics,
-                    "data": "0x" + "".join(data),
-                    "blockHash": "0x" + "11" * 32,
-                    "blockNumber": hex(FRM),
-                    "blockTimestamp": hex(1_700_000_000),
-                    "transactionHash": "0x" + "22" * 32,
-                    "transactionIndex": "0x0",
-                    "logIndex": "0x0",
-                    "removed": False,
-                }
-                raw = orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": [log]})
+                raw = _answer_of(_single_log(contract, topics, "0x" + "".join(data)))
                 native = prepare_raw(raw, FRM, TO, {}, CHAIN_ID, ADDRESSES, decoder, deriver)
                 python = prepare_raw(raw, FRM, TO, {}, CHAIN_ID, ADDRESSES, decoder, deriver, native=False)
                 _same(native, python)
@@ -310,19 +318,9 @@ def test_json_the_reader_refuses_is_refused(decoder: EventDecoder, deriver: Deri
     malformed on both paths; where it accepts it, both decode the logs."""
     contract, abi = next((c, e) for c, e in EVENTS if e["name"] == "Deposited")
     spec = decoder.by_name[(contract, abi["name"])]
-    log = {
-        "address": BY_CONTRACT[contract],
-        "topics": [spec.topic0] + ["0x" + "00" * 32] * (spec.n_topics - 1),
-        "data": "0x" + "00" * 32 * spec._data_words,
-        "blockHash": "0x" + "11" * 32,
-        "blockNumber": hex(FRM),
-        "blockTimestamp": hex(1_700_000_000),
-        "transactionHash": "0x" + "22" * 32,
-        "transactionIndex": "0x0",
-        "logIndex": "0x0",
-        "removed": False,
-    }
-    raw = b'{"x":' + value + b"," + orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": [log]})[1:]
+    topics = [spec.topic0] + ["0x" + "00" * 32] * (spec.n_topics - 1)
+    log = _single_log(contract, topics, "0x" + "00" * 32 * spec._data_words)
+    raw = b'{"x":' + value + b"," + _answer_of(log)[1:]
     try:
         orjson.loads(raw)
         valid = True
