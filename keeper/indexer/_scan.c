@@ -595,12 +595,11 @@ static int scan_log(Scan *S, const RawLog *lg) {
         S->addr = lg->address;
     }
     /* the event */
-    if (lg->n_topics == 0) return 0;
-    for (int i = 0; i < lg->n_topics; i++)
+    if (lg->n_topics == 0 || lg->topics[0].n != 66 || !lower_hex_only(lg->topics[0].s, 66)) return 0;
+    for (int i = 1; i < lg->n_topics; i++)
         if (lg->topics[i].n != 66 || lg->topics[i].s[0] != '0' || lg->topics[i].s[1] != 'x' ||
             !all_hex(lg->topics[i].s + 2, 64))
             return 0;
-    if (!lower_hex_only(lg->topics[0].s, 66)) return 0;
     PyObject *t0 = text(&lg->topics[0]);
     if (t0 == NULL) return -1;
     PyObject *entry = PyDict_GetItemWithError(S->table_o, t0);

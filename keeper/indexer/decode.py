@@ -96,6 +96,13 @@ def _is_dynamic(param: Mapping[str, Any]) -> bool:
     return False
 
 
+def _hashed_in_topic(param: Mapping[str, Any]) -> bool:
+    """An indexed parameter whose topic holds a hash of its value, not the value (dynamic types, tuples,
+    arrays): decoded as that hash, as web3 does."""
+    t = param["type"]
+    return _is_dynamic(param) or t == "tuple" or _ARRAY_RE.match(t) is not None
+
+
 def _static_words(param: Mapping[str, Any]) -> int:
     t = param["type"]
     m = _ARRAY_RE.match(t)
@@ -377,7 +384,7 @@ def _compile_fast(spec: EventSpec) -> Callable[[Sequence[str], str], tuple[dict[
         c.lines.append(f"{tv} = topics[{first + k}]")
         well_formed = f"len({tv}) == 66 and {tv}[:2] == '0x' and {tv}.encode().isalnum()"
         c.lines.append(f"if not ({well_formed}): return None")
-        if _is_dynamic(p) or p["type"] == "tuple" or _ARRAY_RE.match(p["type"]):
+        if _hashed_in_topic(p):
             v = c.var()
             c.lines.append(f"{v} = {tv}.lower()")
             values[p["name"]] = (v, f'"{{{v}}}"')
@@ -489,7 +496,7 @@ class EventSpec:
             n_topics=(0 if abi.get("anonymous") else 1) + len(indexed),
         )
         for p in indexed:
-            if _is_dynamic(p) or p["type"] == "tuple" or _ARRAY_RE.match(p["type"]):
+            if _hashed_in_topic(p):
                 spec._topic_readers.append((p["name"], str.lower))
             else:
                 spec._topic_readers.append((p["name"], _topic_reader(_word_converter(p["type"]))))
@@ -580,7 +587,7 @@ class EventSpec:
             if p.get("indexed"):
                 src = -1 - (first + k)
                 k += 1
-                hashed = _is_dynamic(p) or p["type"] == "tuple" or _ARRAY_RE.match(p["type"])
+                hashed = _hashed_in_topic(p)
                 nodes[p["name"]] = (p["name"], _NATIVE_HASH, src, 0, ()) if hashed else _native_node(p, src)
         off = 0
         for p in self.inputs:
