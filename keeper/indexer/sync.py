@@ -64,6 +64,8 @@ MAX_RANGE_FAILURES = 10  # consecutive range errors at the minimum span before g
 MAX_REORG_ATTEMPTS = 10
 #: while the decode workers start, an answer this big waits for them (smaller ones are decoded here)
 POOL_WAIT_BYTES = 1 << 20
+#: fetched ranges the producer may hold behind a slower earlier one, in units of fetch_concurrency
+FETCH_LOOKAHEAD = 2
 #: a range with more than this many times target_logs is cut into pieces, or fetched again smaller
 OVERSIZED = 3
 #: an oversized answer is cut up to this size; a bigger one is fetched again, smaller (the answer and its
@@ -552,16 +554,38 @@ class Indexer:
         return [*first, *(fr for part in parts for fr in part)]
 
     async def _produce(self, start: int, safe: int, head: int, queue: asyncio.Queue[Any]) -> None:
-        """Fetches ranges ahead, ``fetch_concurrency`` at a time, and queues them in chain order."""
+        """Fetches ranges ahead, ``fetch_concurrency`` at a time, and queues them in chain order.
+
+        A fetch that finishes while an earlier one is still running frees its slot for the next one
+        (up to FETCH_LOOKAHEAD times ``fetch_concurrency`` fetched ranges held back): one slow answer (a
+        dense stretch, tens of MB) does not leave the node and the decode workers idle behind it.
+        """
         pending: collections.deque[asyncio.Future[list[FetchedRange]]] = collections.deque()
+        cur = start
+        running = max(1, self.opts.fetch_concurrency)
+        held = running * FETCH_LOOKAHEAD
+
+        def launch() -> None:
+            nonlocal cur
+            while cur <= safe and len(pending) < held and sum(not f.done() for f in pending) < running:
+                to = min(safe, cur + self.range.size - 1)
+                pending.append(asyncio.ensure_future(self._fetch_cover(cur, to, head)))
+                cur = to + 1
+
         try:
-            cur = start
             while cur <= safe or pending:
-                while cur <= safe and len(pending) < max(1, self.opts.fetch_concurrency):
-                    to = min(safe, cur + self.range.size - 1)
-                    pending.append(asyncio.ensure_future(self._fetch_cover(cur, to, head)))
-                    cur = to + 1
-                for fr in await pending.popleft():
+                launch()
+                if not pending[0].done():
+                    await asyncio.wait(
+                        [f for f in pending if not f.done()], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    continue
+                done = pending.popleft().result()
+                # the next fetch starts before this one's ranges wait for room in the queue: a dense
+                # stretch cut into many pieces must not leave the node and the decode workers idle
+                # while the writer works through them
+                launch()
+                for fr in done:
                     await queue.put(fr)
             await queue.put(None)
         except asyncio.CancelledError:

@@ -375,8 +375,11 @@ class FaultProxy:
     ``eth_getLogs`` over more than ``max_span`` blocks is refused ("exceed maximum block range: N");
     the others take the next fault of ``schedule``: ``ok``, ``alchemy`` / ``infura`` / ``quicknode`` /
     ``wide`` / ``code`` (range errors in those providers' words, suggesting half the span), ``413``,
-    ``timeout`` (answers after 1.5 s), ``truncated`` (half the body), ``malformed``, ``not-a-list``.
-    Every ``fail_every``-th other request gets an HTTP 503; ``delay`` slows every answer;
+    ``timeout`` (answers after 1.5 s), ``slow`` (answers right, after 1 s), ``truncated`` (half the
+    body), ``malformed``, ``not-a-list``; ``trace`` records each ``eth_getLogs`` as it arrives and as its
+    answer goes out: ``("in" | "out", from, to, fault)``.
+    Every ``fail_every``-th other request gets an HTTP 503; ``delay`` slows every answer, ``jitter``
+    every ``eth_getLogs`` answer by a further U(0, jitter) seconds (a remote provider's uneven latency);
     ``strip_timestamps`` removes ``blockTimestamp`` from logs. ``rate_limit`` is the share of requests
     answered HTTP 429 with ``Retry-After: retry_after`` (seeded, so runs repeat). :meth:`kill` closes
     the listening socket and every open connection (connection refused, as a dead node), :meth:`revive`
@@ -395,6 +398,7 @@ class FaultProxy:
         rate_limit: float = 0.0,
         retry_after: str = "0.05",
         seed: int = 1,
+        jitter: float = 0.0,
     ) -> None:
         self.upstream = upstream
         self.rate_limit = rate_limit
@@ -404,10 +408,12 @@ class FaultProxy:
         self.port = 0
         self.strip_timestamps = strip_timestamps  # logs without blockTimestamp, as many nodes answer
         self.delay = delay  # added to every answer
+        self.jitter = jitter
         self.max_span = max_span
         self.schedule = list(schedule or [])  # faults for the successive in-limit eth_getLogs calls
         self.fail_every = fail_every  # HTTP 503 on every n-th other request
         self.counts: dict[str, int] = {}
+        self.trace: list[tuple[str, int, int, str]] = []
         self.n = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -434,7 +440,7 @@ class FaultProxy:
     async def _listen(self) -> None:
         app = web.Application()
         app.router.add_post("/", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
@@ -492,56 +498,69 @@ class FaultProxy:
             span = b - a + 1
             fault = "maxrange" if span > self.max_span else (self.schedule.pop(0) if self.schedule else "ok")
             self.count(fault)
-            half = hex(a + max(1, span // 2) - 1)
-            if fault == "alchemy":
-                return self.error(
-                    rid,
-                    -32602,
-                    "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block "
-                    f"range. Based on your parameters, this block range should work: [{hex(a)}, {half}]",
-                )
-            if fault == "infura":
-                return self.error(
-                    rid,
-                    -32005,
-                    "query returned more than 10000 results",
-                    {"from": hex(a), "to": half, "limit": 10000},
-                )
-            if fault == "maxrange":
-                return self.error(rid, -32000, f"exceed maximum block range: {self.max_span}")
-            if fault == "quicknode":
-                return self.error(rid, -32614, f"eth_getLogs is limited to a {self.max_span:,} range")
-            if fault == "wide":
-                return self.error(rid, -32000, "block range is too wide")
-            if fault == "413":
-                return web.Response(status=413, text="Payload Too Large")
-            if fault == "code":
-                return self.error(rid, -32005, "rate or size limited")
-            if fault == "timeout":
-                await asyncio.sleep(1.5)  # the client's timeout is 1 s
-                return web.Response(body=await self.forward(body), content_type="application/json")
-            if fault == "truncated":
-                full = await self.forward(body)
-                return web.Response(body=full[: max(1, len(full) // 2)], content_type="application/json")
-            if fault == "malformed":
-                return web.Response(
-                    body=b'{"jsonrpc":"2.0","id":' + str(rid).encode() + b',"result":[{"addr',
-                    content_type="application/json",
-                )
-            if fault == "not-a-list":
-                return web.Response(
-                    body=orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"oops": 1}}),
-                    content_type="application/json",
-                )
-            answer = await self.forward(body)
-            if self.strip_timestamps:
-                reply = orjson.loads(answer)
-                for lg in reply.get("result") or []:
-                    lg.pop("blockTimestamp", None)
-                answer = orjson.dumps(reply)
-            return web.Response(body=answer, content_type="application/json")
+            self.trace.append(("in", a, b, fault))
+            if self.jitter:
+                await asyncio.sleep(self.rng.uniform(0.0, self.jitter))
+            try:
+                return await self._get_logs(body, rid, a, b, fault)
+            finally:
+                self.trace.append(("out", a, b, fault))
         self.n += 1
         if self.fail_every and self.n % self.fail_every == 0:
             self.count("503")
             return web.Response(status=503, text="upstream busy")
         return web.Response(body=await self.forward(body), content_type="application/json")
+
+    async def _get_logs(self, body: bytes, rid: Any, a: int, b: int, fault: str) -> web.StreamResponse:
+        """The answer to one eth_getLogs of blocks a..b, with ``fault``."""
+        span = b - a + 1
+        half = hex(a + max(1, span // 2) - 1)
+        if fault == "alchemy":
+            return self.error(
+                rid,
+                -32602,
+                "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block "
+                f"range. Based on your parameters, this block range should work: [{hex(a)}, {half}]",
+            )
+        if fault == "infura":
+            return self.error(
+                rid,
+                -32005,
+                "query returned more than 10000 results",
+                {"from": hex(a), "to": half, "limit": 10000},
+            )
+        if fault == "maxrange":
+            return self.error(rid, -32000, f"exceed maximum block range: {self.max_span}")
+        if fault == "quicknode":
+            return self.error(rid, -32614, f"eth_getLogs is limited to a {self.max_span:,} range")
+        if fault == "wide":
+            return self.error(rid, -32000, "block range is too wide")
+        if fault == "413":
+            return web.Response(status=413, text="Payload Too Large")
+        if fault == "code":
+            return self.error(rid, -32005, "rate or size limited")
+        if fault == "timeout":
+            await asyncio.sleep(1.5)  # the client's timeout is 1 s
+            return web.Response(body=await self.forward(body), content_type="application/json")
+        if fault == "slow":
+            await asyncio.sleep(1.0)
+        if fault == "truncated":
+            full = await self.forward(body)
+            return web.Response(body=full[: max(1, len(full) // 2)], content_type="application/json")
+        if fault == "malformed":
+            return web.Response(
+                body=b'{"jsonrpc":"2.0","id":' + str(rid).encode() + b',"result":[{"addr',
+                content_type="application/json",
+            )
+        if fault == "not-a-list":
+            return web.Response(
+                body=orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"oops": 1}}),
+                content_type="application/json",
+            )
+        answer = await self.forward(body)
+        if self.strip_timestamps:
+            reply = orjson.loads(answer)
+            for lg in reply.get("result") or []:
+                lg.pop("blockTimestamp", None)
+            answer = orjson.dumps(reply)
+        return web.Response(body=answer, content_type="application/json")

@@ -245,3 +245,36 @@ async def _index_with(store: Any, url: str, retries: int) -> Any:
 
     async with RpcClient(url, timeout=1.0, retries=retries, backoff=0.01) as rpc:
         return await Indexer(rpc, store).run(until_head=True)
+
+
+@pytest.mark.integration
+def test_a_slow_answer_does_not_hold_up_the_fetches_behind_it(
+    deployed: Any, new_db: Callable[[], str], db_kind: str, tmp_path: Path
+) -> None:
+    """One eth_getLogs answer takes a second (a dense stretch on a busy node): the fetches after it go on
+    meanwhile, up to FETCH_LOOKAHEAD x fetch_concurrency ranges held, instead of one per free slot; the
+    ranges are still written in chain order and the index equals a fresh one."""
+    from keeper.indexer.sync import FETCH_LOOKAHEAD
+    from keeper.indexer.testing import index_to_head
+
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=8, seed=6, blocks=8)
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target, window=16)
+    try:
+        with FaultProxy(url, schedule=["ok", "slow"]) as proxy:
+            index_to_head(proxy.url, store, initial_range=2, max_range=2, fetch_concurrency=2)
+        assert store.checkpoint().number == w3.eth.block_number  # type: ignore[union-attr]
+        trace = proxy.trace
+        # the schedule goes by arrival: the slow range is the first or the second, whichever came second
+        slow = next(t for t in trace if t[3] == "slow")
+        went = trace.index(("out", *slow[1:]))
+        ahead = {t[1:3] for t in trace[:went] if t[0] == "out" and t[1] > slow[1]}
+        # ranges after the slow one in chain order, answered before it: two in flight at most, and
+        # FETCH_LOOKAHEAD x 2 ranges held, the slow one among them (one slot's worth, 1, before the lookahead)
+        assert len(ahead) == 2 * FETCH_LOOKAHEAD - 1 > 1, trace
+        assert max(sum(1 if t[0] == "in" else -1 for t in trace[: i + 1]) for i in range(len(trace))) <= 2
+        fresh = fresh_dump(url, target, db_kind, tmp_path, window=16)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+    finally:
+        engine.dispose()
