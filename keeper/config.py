@@ -66,6 +66,9 @@ class IndexerSettings(BaseModel):
     decode_workers: int = Field(default=2, ge=0)
     #: A catch-up of at least this many blocks uses the decode workers (the live tail does not).
     workers_from_blocks: int = Field(default=256, ge=1)
+    #: Niceness added to the decode workers: on a busy CPU the keeper's own process (writer, risk,
+    #: liquidations) runs first (0: same priority).
+    decode_niceness: int = Field(default=10, ge=0, le=19)
     #: Wake the poller on newHeads from chain.ws_url (polling goes on regardless).
     use_ws: bool = True
 

@@ -235,9 +235,12 @@ def _state() -> tuple[EventDecoder, Deriver]:
     return _STATE
 
 
-def watch_parent(pid: int) -> None:
+def watch_parent(pid: int, niceness: int = 0) -> None:
     """Worker initializer: exits this worker once the indexer ``pid`` is gone (after a kill -9 nothing
-    else would: a worker holds both ends of its own job pipe, so it never sees an end of file)."""
+    else would: a worker holds both ends of its own job pipe, so it never sees an end of file), and
+    lowers its priority by ``niceness`` (the keeper's own process first when the CPU is short)."""
+    if niceness > 0:
+        os.nice(niceness)
 
     def run() -> None:
         while True:

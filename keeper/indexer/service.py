@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine
@@ -14,7 +15,7 @@ from keeper.chain.rpc import RpcClient, RpcError, RpcTransportError
 from keeper.errors import KeeperError
 from keeper.indexer.decode import EventDecoder
 from keeper.indexer.progress import Progress
-from keeper.indexer.sync import Indexer, SyncOptions
+from keeper.indexer.sync import Indexer, SyncOptions, fork_decode_workers
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.writer import CheckpointState, IndexStore, table_counts
 from keeper.store.engine import make_engine, redact
@@ -69,13 +70,17 @@ def make_indexer(
     metrics: Any = None,
     *,
     head_age: bool = False,
+    workers: ProcessPoolExecutor | None = None,
 ) -> Indexer:
     """``metrics``: a :class:`keeper.observability.metrics.KeeperMetrics` the indexer feeds; ``head_age``:
-    it also feeds ``keeper_head_age_seconds`` (one more call in each poll's batch)."""
+    it also feeds ``keeper_head_age_seconds`` (one more call in each poll's batch); ``workers``: decode
+    workers forked for its first backfill (:func:`keeper.indexer.sync.fork_decode_workers`)."""
     store = IndexStore(engine, target, EventDecoder.for_contracts(), settings.indexer.reorg_window)
     ws = settings.chain.ws_url if settings.indexer.use_ws else None
     opts = SyncOptions.from_settings(settings.indexer)
-    return Indexer(rpc, store, opts, progress=progress, ws_url=ws, metrics=metrics, head_age=head_age)
+    return Indexer(
+        rpc, store, opts, progress=progress, ws_url=ws, metrics=metrics, head_age=head_age, workers=workers
+    )
 
 
 def run_index(
@@ -88,14 +93,25 @@ def run_index(
     that cannot be bound is a :class:`KeeperError` before anything is indexed."""
     target = load_target(settings, start_block)
     engine = open_database(settings)
+    workers = fork_decode_workers(settings.indexer.decode_workers, settings.indexer.decode_niceness)
     try:
-        return asyncio.run(_run(settings, engine, target, until_head=until_head, progress=progress))
+        return asyncio.run(
+            _run(settings, engine, target, until_head=until_head, progress=progress, workers=workers)
+        )
     finally:
+        if workers is not None:
+            workers.shutdown(wait=False, cancel_futures=True)
         engine.dispose()
 
 
 async def _run(
-    settings: Any, engine: Engine, target: IndexTarget, *, until_head: bool, progress: bool
+    settings: Any,
+    engine: Engine,
+    target: IndexTarget,
+    *,
+    until_head: bool,
+    progress: bool,
+    workers: ProcessPoolExecutor | None,
 ) -> CheckpointState | None:
     from keeper.observability.metrics import METRICS, start_metrics
 
@@ -103,19 +119,26 @@ async def _run(
     runners = await start_metrics(settings) if serve_metrics else []
     try:
         return await _index(settings, engine, target, until_head=until_head, progress=progress,
-                            metrics=METRICS if serve_metrics else None)  # fmt: skip
+                            metrics=METRICS if serve_metrics else None, workers=workers)  # fmt: skip
     finally:
         for r in runners:
             await r.cleanup()
 
 
 async def _index(
-    settings: Any, engine: Engine, target: IndexTarget, *, until_head: bool, progress: bool, metrics: Any
+    settings: Any,
+    engine: Engine,
+    target: IndexTarget,
+    *,
+    until_head: bool,
+    progress: bool,
+    metrics: Any,
+    workers: ProcessPoolExecutor | None,
 ) -> CheckpointState | None:
     stop = asyncio.Event()
     async with make_rpc(settings) as rpc:
         ix = make_indexer(settings, engine, target, rpc, Progress() if progress else None, metrics,
-                          head_age=metrics is not None)  # fmt: skip
+                          head_age=metrics is not None, workers=workers)  # fmt: skip
         task = asyncio.create_task(ix.run(until_head=until_head, stop=stop))
         loop = asyncio.get_running_loop()
 

@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -88,6 +90,8 @@ class SyncOptions:
     decode_workers: int = 2
     #: a catch-up of at least this many blocks uses the decode workers (the live tail does not)
     workers_from_blocks: int = 256
+    #: niceness added to the decode workers (the keeper's own process first on a busy CPU)
+    decode_niceness: int = 10
     #: ranges already fetched are written together, in one transaction, up to this many ranges...
     group_ranges: int = 4
     #: ... or this many logs
@@ -112,6 +116,7 @@ class SyncOptions:
             fetch_concurrency=getattr(s, "fetch_concurrency", 3),
             decode_workers=getattr(s, "decode_workers", 2),
             workers_from_blocks=getattr(s, "workers_from_blocks", 256),
+            decode_niceness=getattr(s, "decode_niceness", 10),
         )
 
 
@@ -136,6 +141,7 @@ class Indexer:
         ws_url: str | None = None,
         metrics: Any = None,
         head_age: bool = False,
+        workers: ProcessPoolExecutor | None = None,
     ) -> None:
         self.rpc = rpc
         self.store = store
@@ -160,6 +166,8 @@ class Indexer:
         self.stats = SyncStats()
         self._pool: ProcessPoolExecutor | None = None
         self._pool_starting: asyncio.Future[ProcessPoolExecutor] | None = None
+        #: decode workers forked before the run began (:func:`fork_decode_workers`), for its first catch-up
+        self._forked = workers
         self._workers_broken = False  # a pool failed once: threads from then on
         self._deriver = Deriver(store.decoder)  # folds in threads (no database, no row cache)
         self._last_head: int | None = None
@@ -660,11 +668,17 @@ class Indexer:
         return completed
 
     def _start_pool(self) -> None:
-        """Starts the decode workers in a thread: the forkserver imports the decoding modules (about
-        0.5 s) while the first ranges are fetched and prepared here; :meth:`_prepare` uses the pool
-        from the moment it is ready."""
+        """The decode workers: those forked at start-up (:func:`fork_decode_workers`), if this is the
+        run's first catch-up, else started in a thread through the forkserver, which imports the
+        decoding modules (about 0.5 s) while the first ranges are fetched and prepared here;
+        :meth:`_prepare` uses the pool from the moment it is ready."""
         if self._pool is not None or self._pool_starting is not None:
             return
+        if self._forked is not None:
+            self._pool, self._forked = self._forked, None
+            log.info("decode workers: %d, forked at start-up", self.opts.decode_workers)
+            return
+        log.info("decode workers: %d, starting through the forkserver", self.opts.decode_workers)
         starting = asyncio.get_running_loop().run_in_executor(None, self._new_pool)
         self._pool_starting = starting
 
@@ -691,14 +705,18 @@ class Indexer:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["keeper.indexer.prepare"])
         pool = ProcessPoolExecutor(
-            self.opts.decode_workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)
-        )
+            self.opts.decode_workers, mp_context=ctx, initializer=watch_parent,
+            initargs=(os.getpid(), self.opts.decode_niceness),
+        )  # fmt: skip
         for _ in range(self.opts.decode_workers):
             pool.submit(warm_up)  # the decoder is built while the first ranges are fetched
         return pool
 
     def _stop_pool(self) -> None:
         self._pool_starting = None  # a pool still starting is shut down once ready (see _start_pool)
+        if self._forked is not None:  # forked for the first catch-up, which did not need it
+            self._forked.shutdown(wait=False, cancel_futures=True)
+            self._forked = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -791,6 +809,34 @@ class Indexer:
 
 
 _NOTHING = object()
+
+
+def fork_decode_workers(count: int, niceness: int = 0) -> ProcessPoolExecutor | None:
+    """Decode workers forked from this process, now, for the first backfill of a run (None: not here).
+
+    Forked, a worker starts in milliseconds with the decoder already built; through the forkserver it
+    imports the decoding modules first (about 0.5 s, with the backfill's first ranges waiting). Forking
+    is only safe while this process has a single thread (a lock held by another thread would stay
+    held in the child forever), so this runs before the event loop and returns None if any other thread
+    is alive: the indexer then starts its workers through the forkserver, as for later backfills. The
+    children never touch the parent's database connections or sockets; they leave through
+    ``os._exit`` (no cleanup of inherited objects), and the objects they inherit are frozen out of their
+    cycle collector (``gc.freeze``), which therefore never finalizes one of them (a connection, say).
+    ``niceness`` is added to each worker's (``indexer.decode_niceness``).
+    """
+    if count <= 0 or threading.active_count() != 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    warm_up()  # built here once, inherited by every worker
+    pool = ProcessPoolExecutor(
+        count, mp_context=multiprocessing.get_context("fork"), initializer=watch_parent,
+        initargs=(os.getpid(), niceness),
+    )  # fmt: skip
+    gc.freeze()
+    try:
+        pool.submit(warm_up)  # with fork, the first job forks every worker at once, before any thread
+    finally:
+        gc.unfreeze()  # in this process only: the children keep theirs frozen
+    return pool
 
 
 class _Oversized(Exception):

@@ -25,6 +25,7 @@ from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import Driver, compare_with_views, fresh_dump, index_to_head, open_store
 from keeper.indexer.writer import ConcurrentWriter
 from keeper.store.dump import diff_dumps, dump_tables
+from keeper.store.engine import make_engine
 from keeper.store.models import BadDebtRow, FundFlowRow, FundingSettlementRow, LiquidationRow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -309,3 +310,86 @@ def test_failure_inside_a_commit_leaves_nothing_behind(
         assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
     finally:
         engine.dispose()
+
+
+def test_keeper_index_forks_its_decode_workers_and_indexes_what_the_keeper_process_does(
+    deployed: Any, new_db: Callable[[], str], tmp_path: Path, db_kind: str
+) -> None:
+    """``keeper index`` starts single-threaded, so it forks its decode workers before anything else
+    (they start in milliseconds, the decoder already built): the index equals the in-process one."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 2, blocks=6)
+    db_url = new_db()
+    env = {
+        **os.environ,
+        "KEEPER_CONFIG": str(tmp_path / "none.toml"),
+        "KEEPER_DATABASE__URL": db_url,
+        "KEEPER_CHAIN__RPC_URLS": orjson.dumps([url]).decode(),
+        "KEEPER_CHAIN__DEPLOYMENTS_FILE": str(deployed.path),
+        "KEEPER_INDEXER__INITIAL_RANGE": "5",
+        "KEEPER_INDEXER__WORKERS_FROM_BLOCKS": "1",
+    }
+    assert _keeper(["db", "upgrade"], env).returncode == 0
+    r = _keeper(["index", "--until-head"], env)
+    assert r.returncode == 0, r.stderr
+    assert "decode workers: 2, forked at start-up" in r.stderr, r.stderr
+    target = IndexTarget.from_deployment(dep)
+    engine = make_engine(db_url)
+    try:
+        indexed = dump_tables(engine, target.chain_id)
+    finally:
+        engine.dispose()
+    threads = fresh_dump(url, target, db_kind, tmp_path / "t", initial_range=5, decode_workers=0)
+    assert len(indexed["events"]) > 100
+    assert diff_dumps(indexed, threads) == []
+
+
+def test_decode_workers_are_not_forked_from_a_process_with_threads() -> None:
+    """A lock another thread holds at the fork would stay held in the child forever: with a second
+    thread alive, no workers are forked (the indexer starts them through the forkserver instead)."""
+    import threading
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    try:
+        assert sync.fork_decode_workers(2) is None
+    finally:
+        release.set()
+        other.join()
+    assert sync.fork_decode_workers(0) is None
+
+
+def test_a_single_threaded_process_forks_its_decode_workers_with_their_inheritance_frozen() -> None:
+    """In a fresh single-threaded process: both workers are its own children (forked, not through a
+    fork server), at the niceness asked for above its own, and what they inherited is out of their
+    cycle collector's reach (never finalized there), while the parent's own collector is as it was."""
+    code = (
+        "import gc, os\n"
+        "from keeper.indexer.sync import fork_decode_workers\n"
+        "pool = fork_decode_workers(2, 7)\n"
+        "assert pool is not None\n"
+        "parents = {pool.submit(os.getppid).result() for _ in range(8)}\n"
+        "nice = {pool.submit(os.nice, 0).result() for _ in range(8)}\n"
+        "print(pool.submit(gc.get_freeze_count).result(), gc.get_freeze_count(),\n"
+        "      parents == {os.getpid()}, len(pool._processes), nice == {os.nice(0) + 7})\n"
+        "pool.shutdown()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    child_frozen, parent_frozen, own_children, workers, niceness = r.stdout.split()
+    assert int(child_frozen) > 10_000 and int(parent_frozen) == 0
+    assert own_children == "True" and workers == "2" and niceness == "True"
+
+
+def test_decode_workers_through_the_forkserver_run_at_the_configured_niceness() -> None:
+    """The workers a later catch-up starts (through the forkserver) are niced as the forked ones are:
+    on a short CPU the keeper's own process (writer, risk, liquidations) runs first."""
+    from types import SimpleNamespace
+
+    owner = SimpleNamespace(opts=SyncOptions(decode_workers=1, decode_niceness=5))  # all _new_pool reads
+    pool = sync.Indexer._new_pool(owner)  # type: ignore[arg-type]
+    try:
+        assert pool.submit(os.nice, 0).result(timeout=60) == os.nice(0) + 5
+    finally:
+        pool.shutdown()
