@@ -20,6 +20,10 @@
        stops at the block where half the events are): peak RSS at two chain lengths.
 3. A table: events, seconds, events/s, peak RSS, and the ratios against the targets.
 
+``--jitter SECONDS`` puts every run behind a proxy (``keeper.indexer.testing.FaultProxy``, in this
+process) that delays each ``eth_getLogs`` answer by a further U(0, SECONDS), seeded once: how the
+pipeline copes with a remote provider's uneven latency. The targets are not reported then.
+
 The workers are this script with a hidden first argument (``_raw``, ``_index``, ``_naive``); each
 prints one JSON line.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -139,11 +144,16 @@ def worker_raw(rpc: str, start: int, head: int, span: int) -> dict[str, Any]:
 
 
 class ChildrenRss:
-    """Peak of the summed RSS of this process's descendants (decode workers), sampled every 100 ms."""
+    """Peak of the summed RSS of a process's descendants (its decode workers), sampled every 100 ms.
 
-    def __init__(self) -> None:
+    It runs in the bench's own process, not in the measured one: a thread there would leave the keeper
+    with two threads, and the keeper forks its decode workers only from a single-threaded process.
+    """
+
+    def __init__(self, pid: int) -> None:
         import threading
 
+        self.pid = pid
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -157,10 +167,9 @@ class ChildrenRss:
         self._thread.join()
 
     def _run(self) -> None:
-        me = os.getpid()
         while not self._stop.wait(0.1):
-            total, todo = 0.0, _children(me)
-            while todo:  # descendants: the fork server and the workers it forked
+            total, todo = 0.0, _children(self.pid)
+            while todo:  # descendants: the workers (and a fork server and the workers it forked)
                 pid = todo.pop()
                 todo.extend(_children(pid))
                 try:
@@ -200,8 +209,7 @@ def worker_index(rpc: str, db_url: str, deployment: str, confirmations: int = 0)
     rss0 = _maxrss_mb()
     cpu0 = time.process_time()
     t0 = time.monotonic()
-    with ChildrenRss() as children:
-        cp = run_index(settings, until_head=True, progress=False)
+    cp = run_index(settings, until_head=True, progress=False)
     dt = time.monotonic() - t0
     cpu = time.process_time() - cpu0
     assert cp is not None
@@ -218,7 +226,6 @@ def worker_index(rpc: str, db_url: str, deployment: str, confirmations: int = 0)
         "rss_before_mb": rss0,
         "checkpoint": cp.number,
         "cpu_seconds": cpu,  # this process only (the writer), not its decode workers
-        "workers_rss_mb": children.peak_mb,  # the decode workers together (forkserver included), sampled
     }
 
 
@@ -292,15 +299,20 @@ def _worker(argv: list[str]) -> int:
 
 
 def run_worker(kind: str, env: dict[str, str] | None = None, **args: Any) -> dict[str, Any]:
-    r = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), kind, json.dumps(args)],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), kind, json.dumps(args)]
+    with (
+        subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, text=True
+        ) as p,
+        ChildrenRss(p.pid) as children,
+    ):
+        out, _ = p.communicate()
+    if p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, cmd, out)
+    r = dict(json.loads(out.strip().splitlines()[-1]))
+    if kind == "_index":
+        r["workers_rss_mb"] = children.peak_mb  # the decode workers together, sampled
+    return r
 
 
 # ----------------------------------------------------------------------------------- main
@@ -323,6 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline",
         metavar="REV",
         help="also run (b0): keeper index into SQLite with the keeper package of git commit REV",
+    )
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="every run through a proxy that delays each eth_getLogs answer by U(0, SECONDS) more, as a "
+        "remote provider's uneven latency does (the targets are measured without it)",
     )
     p.add_argument("--skip", default="", help="comma-separated runs to leave out while iterating: d, e")
     p.add_argument(
@@ -349,16 +369,24 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     t_load = time.monotonic()
     load = ["--gas-limit", GAS_LIMIT, "--load-state", str(folder / "state.json")]
-    with Anvil(extra_args=load, startup_timeout=180) as node:  # ~1 GB of state: slow on a busy machine
+    with contextlib.ExitStack() as stack:
+        node = stack.enter_context(Anvil(extra_args=load, startup_timeout=180))  # ~1 GB: slow when busy
         from web3 import Web3
 
         head = Web3(Web3.HTTPProvider(node.url)).eth.block_number
+        rpc = node.url
+        if args.jitter > 0:
+            from keeper.indexer.testing import FaultProxy
+
+            proxy = stack.enter_context(FaultProxy(node.url, jitter=args.jitter))
+            rpc = proxy.url
+            print(f"every run through a proxy adding U(0, {args.jitter:g}) s to each eth_getLogs", flush=True)
         print(
             f"anvil loaded the chain in {time.monotonic() - t_load:.1f} s: blocks {start}..{head}", flush=True
         )
         env = {"BENCH_DEPLOYMENT": deployment}
 
-        raw = run_worker("_raw", env, rpc=node.url, start=start, head=head, span=args.raw_span)
+        raw = run_worker("_raw", env, rpc=rpc, start=start, head=head, span=args.raw_span)
         per_range = raw.pop("per_range")
         results["a_raw"] = raw
         print(
@@ -383,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def index(kind: str) -> dict[str, Any]:
             with throwaway_database(kind, CACHE / "db") as url:
-                r = run_worker("_index", env, rpc=node.url, db_url=url, deployment=deployment)
+                r = run_worker("_index", env, rpc=rpc, db_url=url, deployment=deployment)
             print(
                 f"({'b' if kind == 'sqlite' else 'c'}) keeper index --until-head into {kind}: "
                 f"{r['events']:,} events in {r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
@@ -396,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_worker(
                     "_index",
                     {**env, "BENCH_CODE": str(code)},
-                    rpc=node.url,
+                    rpc=rpc,
                     db_url=url,
                     deployment=deployment,
                 )
@@ -441,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             else run_worker(
                 "_naive",
                 env,
-                rpc=node.url,
+                rpc=rpc,
                 db_path=str(naive_db),
                 deployment=deployment,
                 start=start,
@@ -462,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_worker(
                     "_index",
                     env,
-                    rpc=node.url,
+                    rpc=rpc,
                     db_url=url,
                     deployment=deployment,
                     confirmations=head - mid_block,
@@ -475,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     print()
-    print(table(results))
+    print(table(results, jitter=args.jitter))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
@@ -513,7 +541,7 @@ def baseline_tree(rev: str) -> Path:
     return folder
 
 
-def table(res: dict[str, dict[str, Any]]) -> str:
+def table(res: dict[str, dict[str, Any]], jitter: float = 0.0) -> str:
     def rate(r: dict[str, Any]) -> float:
         return r["events"] / r["seconds"] if r["seconds"] else 0.0
 
@@ -536,7 +564,7 @@ def table(res: dict[str, dict[str, Any]]) -> str:
     lines.append("")
     for k in ("index_sqlite", "index_postgres"):
         r = res.get(k)
-        if r is None:
+        if r is None or jitter > 0:  # the targets are for the node's own speed, without the proxy
             continue
         parts = [k.split("_")[1] + ":"]
         if a is not None:
