@@ -494,9 +494,9 @@ class CrashDay:
 
             # -------- let the keepers index to the head, stop everything, verify
             deadline = time.monotonic() + CATCH_UP_SECONDS
-            while self._index_head(self.db) < self.tl.last_block and time.monotonic() < deadline:
+            while (indexed := self._index_head(self.db)) < self.tl.last_block and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if (indexed := self._index_head(self.db)) < self.tl.last_block:  # said plainly, not as a diff
+            if indexed < self.tl.last_block:  # said plainly, not as a database diff
                 self.unplanned.append(f"the keeper's index was at block {indexed}, {CATCH_UP_SECONDS} s "
                                       f"after the crash's last block {self.tl.last_block}")  # fmt: skip
             self._stop_load(stop_file)

@@ -99,7 +99,7 @@ def run_index(
             _run(settings, engine, target, until_head=until_head, progress=progress, workers=workers)
         )
     finally:
-        if workers is not None:
+        if workers is not None:  # also when no catch-up took them (a catch-up stops those it took)
             workers.shutdown(wait=False, cancel_futures=True)
         engine.dispose()
 
