@@ -3,6 +3,7 @@ inserted directly, value for value and storage class for storage class, on a rea
 the keeper's schema."""
 
 import random
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,31 @@ def test_a_blob_of_another_layout_is_refused_and_nothing_is_written(engine: Engi
         insert_staged(conn, first, STAGED_COLUMNS)
         insert_staged(conn, blob, STAGED_COLUMNS)
     assert _dump(engine, "events") == []  # the transaction rolled back, the first blob's rows too
+
+
+def test_a_staged_event_already_stored_fails_the_whole_transaction(engine: Engine) -> None:
+    """The copy is ``INSERT OR ROLLBACK`` (no statement journal: see :func:`insert_staged`); a row at a
+    position already taken must still fail, and take the whole transaction with it, as the writer needs
+    (a range's data and checkpoint together, or neither)."""
+    stored = _tables({"events": 5, "position_changes": 3}, 7)
+    with engine.connect() as conn, attached(conn), conn.begin():
+        insert_staged(conn, stage_rows(STAGED_COLUMNS, stored), STAGED_COLUMNS)
+    before = {name: _dump(engine, name) for name in TABLES}
+    fresh = _tables({"events": 40, "position_changes": 20}, 8)
+    again = {"events": fresh["events"][:2] + stored["events"][3:4]}  # the last row is stored already
+    with (
+        pytest.raises(sqlite3.IntegrityError, match="UNIQUE"),
+        engine.connect() as conn,
+        attached(conn),
+        conn.begin(),
+    ):
+        insert_staged(conn, stage_rows(STAGED_COLUMNS, fresh), STAGED_COLUMNS)
+        insert_staged(conn, stage_rows(STAGED_COLUMNS, again), STAGED_COLUMNS)
+    assert {name: _dump(engine, name) for name in TABLES} == before  # the first blob's rows too
+    # and the database takes the next transaction as usual
+    with engine.connect() as conn, attached(conn), conn.begin():
+        copied = insert_staged(conn, stage_rows(STAGED_COLUMNS, fresh), STAGED_COLUMNS)
+    assert copied["events"] == 40 and len(_dump(engine, "events")) == 45
 
 
 def test_rows_for_a_table_that_is_not_staged_are_refused() -> None:
