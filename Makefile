@@ -52,10 +52,11 @@ $(VENV_STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# The indexer's C log scanner (keeper/indexer/_scan.c), built in place. It is optional: without a C
-# compiler setup.py only warns and the indexer runs its Python path, slower (tests/core/test_scan.py
-# fails then, so `make test` does not pass silently without it).
-$(SCAN_STAMP): keeper/indexer/_scan.c setup.py $(VENV_STAMP)
+# The indexer's C log scanner (keeper/indexer/_scan.c) and packed rows (keeper/store/_packed.c), built in
+# place. Both are optional: without a C compiler setup.py only warns and the indexer runs its Python
+# paths, slower (tests/core/test_scan.py and test_staged.py fail then, so `make test` does not pass
+# silently without them).
+$(SCAN_STAMP): keeper/indexer/_scan.c keeper/store/_packed.c setup.py $(VENV_STAMP)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
@@ -137,7 +138,7 @@ run: setup build
 
 clean:
 	rm -rf $(CONTRACTS)/out $(CONTRACTS)/cache var .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
-	rm -rf build keeper/indexer/_scan.*.so $(SCAN_STAMP)
+	rm -rf build keeper/indexer/_scan.*.so keeper/store/_packed.*.so $(SCAN_STAMP)
 	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './contracts/node_modules/*' -prune -exec rm -rf {} +
 
 # Also remove the installed toolchains (next `make setup` reinstalls them).

@@ -26,6 +26,7 @@ from keeper.indexer.decode import DecodeError, EventDecoder, checksum_address
 from keeper.indexer.derive import Deriver, Folded, history_columns
 from keeper.indexer.records import MAX_BIGINT, LogRecord
 from keeper.indexer.scan import scan
+from keeper.store import packed
 from keeper.store.bulk import wire_columns
 from keeper.store.models import APPEND_ONLY, EVENTS
 from keeper.store.staged import stage_rows
@@ -43,11 +44,13 @@ STAGED_COLUMNS = {"events": EVENT_COLUMNS, **{t.name: history_columns(t.name) fo
 
 @dataclass(frozen=True)
 class StagedRows:
-    """A range's ``events`` and history rows as a serialized SQLite database (:mod:`keeper.store.staged`):
-    what a decode worker sends a SQLite writer instead of the row tuples."""
+    """A range's ``events`` and history rows as a SQLite writer copies them, instead of row tuples: one
+    packed buffer per table (``packed``: :mod:`keeper.store.packed`), or else a serialized SQLite
+    database (``blob``: :mod:`keeper.store.staged`)."""
 
-    blob: bytes
     events: int  # rows of ``events`` in it
+    blob: bytes = b""
+    packed: Mapping[str, bytes] | None = None
 
 
 @dataclass
@@ -72,12 +75,18 @@ class Prepared:
         return self.staged.events if self.staged is not None else len(self.events)
 
 
-def staged(p: Prepared) -> Prepared:
-    """``p`` with its ``events`` and history rows moved into a staging database (for a SQLite writer)."""
+def staged(p: Prepared, pack: bool = False) -> Prepared:
+    """``p`` with its ``events`` and history rows moved out of the tuples for a SQLite writer: packed
+    (``pack``, where :mod:`keeper.store.packed` is built), else into a staging database."""
     if p.problem is not None or p.missing_timestamps or p.staged is not None or not p.events:
         return p
-    blob = stage_rows(STAGED_COLUMNS, {"events": p.events, **p.folded.appends})
-    return Prepared([], Folded({}, p.folded.touches), p.blocks, staged=StagedRows(blob, len(p.events)))
+    tables = {"events": p.events, **p.folded.appends}
+    if pack and packed.AVAILABLE:
+        buffers = {n: packed.pack_rows(rows, len(STAGED_COLUMNS[n])) for n, rows in tables.items() if rows}
+        rows = StagedRows(len(p.events), packed=buffers)
+    else:
+        rows = StagedRows(len(p.events), blob=stage_rows(STAGED_COLUMNS, tables))
+    return Prepared([], Folded({}, p.folded.touches), p.blocks, staged=rows)
 
 
 @dataclass(frozen=True)
@@ -316,9 +325,10 @@ def prepare_in_worker(
     chain_id: int,
     contracts: Mapping[str, str],
     stage: bool = False,
+    pack: bool = False,
 ) -> Prepared | RawFailure:
     """A decode worker's job: :func:`prepare_raw` with Python's cycle collector paused; with ``stage``
-    (a SQLite writer) the rows come back :func:`staged`.
+    (a SQLite writer) the rows come back :func:`staged` (packed with ``pack``: a writer that reads them).
 
     A range is millions of small objects (parsed JSON, records, rows), none of them in a cycle:
     reference counting frees them all, but the collector kept walking them, about 30 % of the parse and
@@ -328,6 +338,6 @@ def prepare_in_worker(
     gc.disable()
     try:
         p = prepare_raw(raw, frm, to, timestamps, chain_id, contracts)
-        return staged(p) if stage and isinstance(p, Prepared) else p
+        return staged(p, pack) if stage and isinstance(p, Prepared) else p
     finally:
         gc.enable()

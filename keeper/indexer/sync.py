@@ -485,7 +485,7 @@ class Indexer:
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             try:
-                job = (raw, frm, to, ts, cid, contracts, self.store.takes_staged)
+                job = (raw, frm, to, ts, cid, contracts, self.store.takes_staged, self.store.takes_packed)
                 return await loop.run_in_executor(self._pool, prepare_in_worker, *job)
             except BrokenProcessPool as exc:  # e.g. killed, or an unguarded __main__ re-run by a worker
                 if self._pool is not None:

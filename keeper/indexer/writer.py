@@ -25,6 +25,7 @@ from keeper.indexer.records import BlockHeader, LogRecord
 from keeper.indexer.target import IndexTarget
 from keeper.store.bulk import insert_wire
 from keeper.store.models import BLOCKS, CHECKPOINTS, EVENTS, TABLES
+from keeper.store.packed import insert_packed, readable
 from keeper.store.staged import attached, insert_staged
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ class IndexStore:
         self._sqlite_page: int | None = None  # the database's page size, read once
         #: decode workers send this store's rows staged (keeper.store.staged): SQLite only
         self.takes_staged = engine.dialect.name == "sqlite"
+        #: ... and packed (keeper.store.packed), where its connections read them
+        self.takes_packed = False
+        if self.takes_staged:
+            with engine.connect() as conn:
+                self.takes_packed = readable(conn)
 
     # ------------------------------------------------------------------------------ checkpoint
 
@@ -200,7 +206,7 @@ class IndexStore:
         prepared = [self.prepare(fr) for fr in frs]
         self.deriver.begin()
         try:
-            with self._transaction(any(p.staged is not None for p in prepared)) as conn:
+            with self._transaction(any(_attaches(p) for p in prepared)) as conn:
                 self._bulk_pragmas(conn)
                 # The guarded checkpoint move comes first: it takes the write lock (a second writer
                 # waits, then finds the checkpoint moved and fails before writing anything).
@@ -232,7 +238,7 @@ class IndexStore:
             )
         prepared = self.prepare(fr) if fr is not None else None
         self.deriver.clear()  # a rollback rewrites derived rows: read them from the database
-        with self._transaction(prepared is not None and prepared.staged is not None) as conn:
+        with self._transaction(prepared is not None and _attaches(prepared)) as conn:
             self._bulk_pragmas(conn)
             new = self._move_checkpoint(
                 conn, expected, *((fr.to_block, fr.to_hash) if fr is not None else fork)
@@ -261,10 +267,14 @@ class IndexStore:
         self._sqlite_page = bulk_write_pragmas(conn, self._sqlite_page)
 
     def _write(self, conn: Any, fr: FetchedRange, prepared: Prepared) -> None:
-        if prepared.staged is not None:
-            copied = insert_staged(conn, prepared.staged.blob, STAGED_COLUMNS)
-            if copied.get("events", 0) != prepared.staged.events:
-                raise AssertionError(f"{copied} staged rows copied, {prepared.staged.events} events expected")
+        staged = prepared.staged
+        if staged is not None:
+            if staged.packed is not None:
+                copied = insert_packed(conn, staged.packed, STAGED_COLUMNS)
+            else:
+                copied = insert_staged(conn, staged.blob, STAGED_COLUMNS)
+            if copied.get("events", 0) != staged.events:
+                raise AssertionError(f"{copied} staged rows copied, {staged.events} events expected")
             self.deriver.apply_folded(conn, self.chain_id, prepared.folded)
         elif prepared.events:
             insert_wire(conn, EVENTS, EVENT_COLUMNS, prepared.events)
@@ -319,6 +329,11 @@ class IndexStore:
                 .group_by(EVENTS.c.event_name)
             ).all()
         return {(name or "(unknown)"): int(n) for name, n in sorted(rows, key=lambda r: r[0] or "")}
+
+
+def _attaches(p: Prepared) -> bool:
+    """Whether writing ``p`` needs the staging schema attached (rows in a staged database)."""
+    return p.staged is not None and p.staged.packed is None
 
 
 def table_counts(engine: Engine, chain_id: int | None = None) -> dict[str, int]:

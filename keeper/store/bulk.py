@@ -1,6 +1,6 @@
 """Bulk inserts on the hot path, below SQLAlchemy's per-row parameter processing.
 
-SQLite: one ``executemany`` of plain tuples (or staged rows: :mod:`keeper.store.staged`). PostgreSQL:
+SQLite: one ``executemany`` of plain tuples (or packed rows: :mod:`keeper.store.packed`). PostgreSQL:
 ``COPY ... FROM STDIN`` (psycopg 3) with the column types set; upserts: one ``executemany``. All go
 through the connection of the caller's SQLAlchemy transaction, so they commit or roll back with it.
 Values are converted exactly as the column types would: BigInt as decimal text on SQLite / numeric on

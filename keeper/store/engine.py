@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keeper.errors import KeeperError
+from keeper.store import packed  # noqa: F401 - imported before any connection: all read packed rows
 
 __all__ = ["make_engine", "normalize_url", "redact"]
 

@@ -1,5 +1,8 @@
 """Rows handed to the SQLite writer as one small serialized database instead of Python objects.
 
+The fallback of :mod:`keeper.store.packed` (packed buffers, no scratch database: half the CPU), for a
+keeper built without a C compiler.
+
 A backfill's decode workers build every range's rows; sending them to the writer as pickled tuples
 cost the writer's process twice per value: unpickling it (millions of objects) and binding it to
 ``executemany``. Instead a worker stores the rows in an in-memory SQLite database and sends its
