@@ -207,6 +207,11 @@ class Indexer:
                 "the indexer's C log scanner is not built (no C compiler when it was installed?): decoding "
                 "in Python, with about twice the CPU; `make setup` builds it"
             )
+        if self.store.takes_staged and not self.store.takes_packed:
+            log.warning(
+                "the indexer's packed rows (keeper/store/_packed.c) are not built or not usable with this "
+                "Python's sqlite3: decode workers stage rows in SQLite databases instead, with more CPU"
+            )
         await self._check_tip(head)
         return self.cp
 

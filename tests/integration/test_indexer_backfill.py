@@ -27,6 +27,7 @@ from keeper.indexer.writer import ConcurrentWriter
 from keeper.store.dump import diff_dumps, dump_tables
 from keeper.store.engine import make_engine
 from keeper.store.models import BadDebtRow, FundFlowRow, FundingSettlementRow, LiquidationRow
+from keeper.store.testdb import throwaway_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from publisher_support import size_for  # noqa: E402
@@ -180,6 +181,16 @@ def test_decode_workers_write_what_the_keeper_process_writes(
     threads = fresh_dump(url, target, db_kind, tmp_path / "t", initial_range=5, decode_workers=0)
     assert len(workers["events"]) > 100 and len(workers["position_changes"]) > 10
     assert diff_dumps(workers, threads) == []
+    if db_kind == "sqlite":  # the workers packed their rows; staged databases (the fallback) write the same
+        with throwaway_database(db_kind, tmp_path / "s") as db_url:
+            engine, store = open_store(db_url, target)
+            try:
+                assert store.takes_packed
+                store.takes_packed = False
+                index_to_head(url, store, initial_range=5, workers_from_blocks=1)
+                assert diff_dumps(dump_tables(engine, target.chain_id), threads) == []
+            finally:
+                engine.dispose()
 
 
 def test_an_oversized_answer_is_cut_into_pieces_that_index_as_small_ranges_do(
