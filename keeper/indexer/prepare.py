@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -75,13 +75,18 @@ class Prepared:
         return self.staged.events if self.staged is not None else len(self.events)
 
 
-def staged(p: Prepared, pack: bool = False) -> Prepared:
+#: how a SQLite writer takes a worker's rows (:attr:`keeper.indexer.writer.IndexStore.rows_as`): packed
+#: buffers, a staged database, or (None) the row tuples themselves
+RowsAs = Literal["packed", "staged"] | None
+
+
+def staged(p: Prepared, how: RowsAs = "staged") -> Prepared:
     """``p`` with its ``events`` and history rows moved out of the tuples for a SQLite writer: packed
-    (``pack``, where :mod:`keeper.store.packed` is built), else into a staging database."""
-    if p.problem is not None or p.missing_timestamps or p.staged is not None or not p.events:
+    (``how``, where :mod:`keeper.store.packed` is built here too), else into a staging database."""
+    if how is None or p.problem is not None or p.missing_timestamps or p.staged is not None or not p.events:
         return p
     tables = {"events": p.events, **p.folded.appends}
-    if pack and packed.AVAILABLE:
+    if how == "packed" and packed.AVAILABLE:
         buffers = {n: packed.pack_rows(rows, len(STAGED_COLUMNS[n])) for n, rows in tables.items() if rows}
         rows = StagedRows(len(p.events), packed=buffers)
     else:
@@ -324,11 +329,10 @@ def prepare_in_worker(
     timestamps: Mapping[int, int],
     chain_id: int,
     contracts: Mapping[str, str],
-    stage: bool = False,
-    pack: bool = False,
+    rows_as: RowsAs = None,
 ) -> Prepared | RawFailure:
-    """A decode worker's job: :func:`prepare_raw` with Python's cycle collector paused; with ``stage``
-    (a SQLite writer) the rows come back :func:`staged` (packed with ``pack``: a writer that reads them).
+    """A decode worker's job: :func:`prepare_raw` with Python's cycle collector paused; for a SQLite
+    writer (``rows_as``) the rows come back :func:`staged`.
 
     A range is millions of small objects (parsed JSON, records, rows), none of them in a cycle:
     reference counting frees them all, but the collector kept walking them, about 30 % of the parse and
@@ -338,6 +342,6 @@ def prepare_in_worker(
     gc.disable()
     try:
         p = prepare_raw(raw, frm, to, timestamps, chain_id, contracts)
-        return staged(p, pack) if stage and isinstance(p, Prepared) else p
+        return staged(p, rows_as) if isinstance(p, Prepared) else p
     finally:
         gc.enable()

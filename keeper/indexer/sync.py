@@ -207,7 +207,7 @@ class Indexer:
                 "the indexer's C log scanner is not built (no C compiler when it was installed?): decoding "
                 "in Python, with about twice the CPU; `make setup` builds it"
             )
-        if self.store.takes_staged and not self.store.takes_packed:
+        if self.store.rows_as == "staged":
             log.warning(
                 "the indexer's packed rows (keeper/store/_packed.c) are not built or not usable with this "
                 "Python's sqlite3: decode workers stage rows in SQLite databases instead, with more CPU"
@@ -490,7 +490,7 @@ class Indexer:
         if self._pool is not None:
             loop = asyncio.get_running_loop()
             try:
-                job = (raw, frm, to, ts, cid, contracts, self.store.takes_staged, self.store.takes_packed)
+                job = (raw, frm, to, ts, cid, contracts, self.store.rows_as)
                 return await loop.run_in_executor(self._pool, prepare_in_worker, *job)
             except BrokenProcessPool as exc:  # e.g. killed, or an unguarded __main__ re-run by a worker
                 if self._pool is not None:

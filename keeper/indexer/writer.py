@@ -20,7 +20,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from keeper.errors import KeeperError
 from keeper.indexer.decode import EventDecoder
 from keeper.indexer.derive import Deriver
-from keeper.indexer.prepare import EVENT_COLUMNS, STAGED_COLUMNS, Prepared, decode_logs, prepare_logs
+from keeper.indexer.prepare import (
+    EVENT_COLUMNS,
+    STAGED_COLUMNS,
+    Prepared,
+    RowsAs,
+    decode_logs,
+    prepare_logs,
+)
 from keeper.indexer.records import BlockHeader, LogRecord
 from keeper.indexer.target import IndexTarget
 from keeper.store.bulk import insert_wire
@@ -89,13 +96,12 @@ class IndexStore:
         self.deriver = Deriver(decoder)
         self.window = window
         self._sqlite_page: int | None = None  # the database's page size, read once
-        #: decode workers send this store's rows staged (keeper.store.staged): SQLite only
-        self.takes_staged = engine.dialect.name == "sqlite"
-        #: ... and packed (keeper.store.packed), where its connections read them
-        self.takes_packed = False
-        if self.takes_staged:
+        #: how decode workers hand this store its rows (SQLite only): "packed" (keeper.store.packed) where
+        #: its connections read them, else "staged" (keeper.store.staged); None: as row tuples
+        self.rows_as: RowsAs = None
+        if engine.dialect.name == "sqlite":
             with engine.connect() as conn:
-                self.takes_packed = readable(conn)
+                self.rows_as = "packed" if readable(conn) else "staged"
 
     # ------------------------------------------------------------------------------ checkpoint
 

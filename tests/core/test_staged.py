@@ -225,6 +225,6 @@ def test_a_sqlite_index_store_takes_packed_rows(tmp_path: Path) -> None:
 
     engine, store = open_store(f"sqlite:///{tmp_path / 'k.sqlite'}", IndexTarget(31337, 1))
     try:
-        assert store.takes_staged and store.takes_packed
+        assert store.rows_as == "packed"
     finally:
         engine.dispose()

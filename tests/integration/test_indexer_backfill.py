@@ -185,8 +185,8 @@ def test_decode_workers_write_what_the_keeper_process_writes(
         with throwaway_database(db_kind, tmp_path / "s") as db_url:
             engine, store = open_store(db_url, target)
             try:
-                assert store.takes_packed
-                store.takes_packed = False
+                assert store.rows_as == "packed"
+                store.rows_as = "staged"
                 index_to_head(url, store, initial_range=5, workers_from_blocks=1)
                 assert diff_dumps(dump_tables(engine, target.chain_id), threads) == []
             finally:
