@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from keeper.indexer.decode import EventDecoder
 from keeper.indexer.records import LogRecord
-from keeper.store.bulk import insert_wire, upsert_rows, wire_columns, wire_converters
+from keeper.store.bulk import insert_wire, upsert_rows, wire_big, wire_columns, wire_converters
 from keeper.store.models import (
     ACCOUNTS,
     ADL_EVENTS,
@@ -606,7 +606,10 @@ def _wire_row(table: Table) -> WireRow:
     parts = []
     for i, n in enumerate(names):
         src = "cid" if n == "chain_id" else f"ev.{n}" if n in _REF_ATTRS else f"row[{n!r}]"
-        if i in conv_at:
+        if conv_at.get(i) is wire_big:  # inlined for ints (900,000 calls per 200,000 events)
+            scope[f"c{i}"] = wire_big
+            src = f"(str(v{i}) if (v{i} := {src}).__class__ is int else c{i}(v{i}))"
+        elif i in conv_at:
             scope[f"c{i}"] = conv_at[i]
             src = f"c{i}({src})"
         parts.append(src)

@@ -18,7 +18,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from keeper.store.types import BigInt
 
-__all__ = ["insert_wire", "upsert_rows", "wire_columns", "wire_converters"]
+__all__ = ["insert_wire", "upsert_rows", "wire_big", "wire_columns", "wire_converters"]
 
 
 def _json_text(v: Any) -> Any:
@@ -75,12 +75,13 @@ _PG_CONV: dict[str, Callable[[Any], Any] | None] = {
 #: "Wire" values, the same for both databases: BigInt as decimal text, JSON as text, booleans as 0/1.
 #: They can be built away from the database (the indexer's decode workers) and sent as they are:
 #: SQLite stores them as the column types would, PostgreSQL's COPY parses them with the column's type.
-def _wire_big(v: Any) -> Any:
+def wire_big(v: Any) -> Any:
+    """A BigInt column's wire value (generated row builders inline its int case)."""
     return str(v) if type(v) is int else _big_text(v)
 
 
 _WIRE_CONV: dict[str, Callable[[Any], Any] | None] = {
-    "big": _wire_big,
+    "big": wire_big,
     "json": _json_text,
     "bool": _bool_int,
     "int8": None,
