@@ -28,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import heapq
 import logging
 import multiprocessing
 import os
@@ -169,6 +170,8 @@ class Indexer:
         #: decode workers forked before the run began (:func:`fork_decode_workers`), for its first catch-up
         self._forked = workers
         self._workers_broken = False  # a pool failed once: threads from then on
+        #: jobs on the decode workers, lowest block first (the writer takes ranges in chain order)
+        self._decode_turns = LowestFirst(max(1, self.opts.decode_workers))
         self._deriver = Deriver(store.decoder)  # folds in threads (no database, no row cache)
         self._last_head: int | None = None
         self._wake = asyncio.Event()
@@ -491,7 +494,10 @@ class Indexer:
             loop = asyncio.get_running_loop()
             try:
                 job = (raw, frm, to, ts, cid, contracts, self.store.rows_as)
-                return await loop.run_in_executor(self._pool, prepare_in_worker, *job)
+                async with self._decode_turns.turn(frm):
+                    if self._pool is None:  # failed while this job waited
+                        raise BrokenProcessPool("decode workers stopped")
+                    return await loop.run_in_executor(self._pool, prepare_in_worker, *job)
             except BrokenProcessPool as exc:  # e.g. killed, or an unguarded __main__ re-run by a worker
                 if self._pool is not None:
                     log.warning("decode workers failed (%s): decoding in the keeper's process instead", exc)
@@ -580,10 +586,23 @@ class Indexer:
 
         def launch() -> None:
             nonlocal cur
-            while cur <= safe and len(pending) < held and sum(not f.done() for f in pending) < running:
-                to = min(safe, cur + self.range.size - 1)
-                pending.append(asyncio.ensure_future(self._fetch_cover(cur, to, head)))
-                cur = to + 1
+            while cur <= safe and len(pending) < held:
+                if sum(not f.done() for f in pending) >= running:
+                    break
+                size, k = self.range.size, self.range.parts(min(running, held - len(pending)))
+                if k == 1:
+                    to = min(safe, cur + size - 1)
+                    pending.append(asyncio.ensure_future(self._fetch_cover(cur, to, head)))
+                    cur = to + 1
+                    continue
+                # a span wider than any answered yet, in k parts at once (AdaptiveRange.parts); they
+                # grow the range together, as one range of their whole span would
+                end, part = min(safe, cur + size - 1), -(-size // k)
+                spans = [(a, min(end, a + part - 1)) for a in range(cur, end + 1, part)]
+                group = _Growth(self.range, end - cur + 1, len(spans))
+                for a, b in spans:
+                    pending.append(asyncio.ensure_future(group.track(self._fetch_cover(a, b, head))))
+                cur = end + 1
 
         try:
             while cur <= safe or pending:
@@ -842,6 +861,65 @@ def fork_decode_workers(count: int, niceness: int = 0) -> ProcessPoolExecutor | 
     finally:
         gc.unfreeze()  # in this process only: the children keep theirs frozen
     return pool
+
+
+class LowestFirst:
+    """At most ``slots`` holders at once; a freed slot goes to the waiter with the lowest key.
+
+    The decode workers' jobs take turns by their first block: ranges fetched ahead (the fetches run
+    concurrently, and a dense range arrives after lighter ones behind it) must not keep the workers
+    from the range the writer needs next."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: int) -> Any:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+        else:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._seq += 1
+            heapq.heappush(self._waiting, (key, self._seq, fut))
+            try:
+                await fut  # the slot is handed over with the result: ``free`` was not raised for it
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():  # handed a slot just as it was cancelled
+                    self._release()
+                else:
+                    self._waiting = [w for w in self._waiting if w[2] is not fut]
+                    heapq.heapify(self._waiting)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
+class _Growth:
+    """The parts of one span fetched at once (see ``_produce``): once all are in, their span and logs
+    count as one answer's for the range's growth (each part alone is narrower than the range)."""
+
+    def __init__(self, rng: AdaptiveRange, span: int, parts: int) -> None:
+        self.range, self.span, self.left, self.logs = rng, span, parts, 0
+
+    async def track(self, fetch: Any) -> list[FetchedRange]:
+        frs: list[FetchedRange] = await fetch
+        self.logs += sum(fr.count for fr in frs)
+        self.left -= 1
+        if self.left == 0 and self.logs < self.range.target_logs:
+            self.range.success(self.span, self.logs)
+        return frs
 
 
 class _Oversized(Exception):

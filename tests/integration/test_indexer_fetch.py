@@ -106,6 +106,48 @@ def test_adaptive_range() -> None:
     assert r.size == 2
 
 
+def test_a_span_wider_than_any_answered_is_fetched_in_parts() -> None:
+    r = AdaptiveRange(16, maximum=1_000, target_logs=100)
+    assert r.parts(3) == 1  # the first range is the probe: nothing is proven yet
+    r.success(16, 10)
+    assert (r.size, r.proven) == (32, 16)
+    assert r.parts(3) == 2 and r.parts(1) == 1  # 32 blocks in two parts of the proven 16
+    r.success(32, 20)  # both parts in, counted as one answer of their whole span
+    assert (r.size, r.proven) == (64, 32) and r.parts(3) == 2
+    r.success(16, 1_000)  # a dense stretch: the density changed, what was proven no longer holds
+    assert r.size == 1 and r.proven == 1 and r.parts(3) == 1
+    r.success(1, 50)
+    assert (r.size, r.proven) == (2, 1) and r.parts(3) == 2
+    r.size = 100
+    assert r.parts(3) == 3  # never more parts than may start at once
+
+
+def test_decode_turns_go_to_the_lowest_block_first() -> None:
+    from keeper.indexer.sync import LowestFirst
+
+    async def main() -> list[int]:
+        turns, order = LowestFirst(1), []
+        gate = asyncio.Event()
+
+        async def job(key: int, hold: bool = False) -> None:
+            async with turns.turn(key):
+                order.append(key)
+                if hold:
+                    await gate.wait()
+
+        first = asyncio.create_task(job(5, hold=True))
+        await asyncio.sleep(0)
+        later = [asyncio.create_task(job(k)) for k in (40, 30, 10, 20)]
+        await asyncio.sleep(0)
+        later[0].cancel()  # a waiter cancelled (its range no longer needed) gives up its place
+        gate.set()
+        await asyncio.gather(first, *later[1:])
+        assert turns.free == 1 and not turns._waiting
+        return order
+
+    assert asyncio.run(main()) == [5, 10, 20, 30]
+
+
 # ------------------------------------------------------------------------------------ fault proxy
 
 
@@ -245,6 +287,31 @@ async def _index_with(store: Any, url: str, retries: int) -> Any:
 
     async with RpcClient(url, timeout=1.0, retries=retries, backoff=0.01) as rpc:
         return await Indexer(rpc, store).run(until_head=True)
+
+
+@pytest.mark.integration
+def test_a_growing_range_in_parts_equals_a_fresh_index(
+    deployed: Any, new_db: Callable[[], str], db_kind: str, tmp_path: Path
+) -> None:
+    """The range grows from 2 blocks to its maximum of 16, each span wider than any answered before it
+    asked in parts fetched at once: it still reaches its maximum (the parts count together, as one
+    answer of their whole span), and the index equals a fresh one."""
+    from keeper.indexer.testing import index_to_head
+
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=8, seed=7, blocks=40)
+    target = IndexTarget.from_deployment(dep)
+    engine, store = open_store(new_db(), target, window=16)
+    try:
+        with FaultProxy(url) as proxy:
+            index_to_head(proxy.url, store, initial_range=2, first_range=2, max_range=16, fetch_concurrency=3)
+        assert store.checkpoint().number == w3.eth.block_number  # type: ignore[union-attr]
+        asked = [(a, b) for kind, a, b, _ in proxy.trace if kind == "in"]
+        assert max(b - a + 1 for a, b in asked) == 16, asked
+        fresh = fresh_dump(url, target, db_kind, tmp_path, window=16)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.integration
