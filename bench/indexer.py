@@ -538,6 +538,10 @@ def baseline_tree(rev: str) -> Path:
     link = folder / "contracts"
     if not link.exists():
         link.symlink_to(REPO / "contracts")  # the ABIs (contracts/out)
+    # byte-compiled like this checkout (`make bytecode`): the runs compare code, not module compiles
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "keeper"], cwd=folder, check=True, capture_output=True
+    )
     return folder
 
 
