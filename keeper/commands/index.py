@@ -22,7 +22,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from keeper.alerts.dispatcher import deep_reorg_alert
 from keeper.errors import KeeperError
 
 
@@ -56,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             settings, until_head=args.until_head, start_block=args.from_block, progress=not args.no_progress
         )
     except KeeperError as exc:
+        from keeper.alerts.dispatcher import deep_reorg_alert
+
         alert = deep_reorg_alert(exc)
         if alert is not None and settings.alerts.enabled:
             asyncio.run(_send(settings, alert))
