@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -351,7 +352,8 @@ class Indexer:
         if safe > fork[0]:
             to = min(safe, fork[0] + max(self.range.size, min(depth, self.opts.max_range)))
             try:
-                (fr,) = await self._fetch_adaptive(fork[0] + 1, to, head, split=False)
+                (piece,) = await self._fetch_adaptive(fork[0] + 1, to, head, split=False)
+                fr = await piece.task
             except ChainChanged:
                 return False
             if fr.parent_hash != fork[1]:
@@ -395,15 +397,20 @@ class Indexer:
 
         ``limit``: an answer with more logs raises :class:`_Oversized` before it is parsed.
         """
-        return (await self._fetch_pieces(frm, to, head, limit, split=False))[0]
+        (piece,) = await self._fetch_pieces(frm, to, head, limit, split=False)
+        return await piece.task
 
     async def _fetch_pieces(
         self, frm: int, to: int, head: int, limit: int | None, split: bool
-    ) -> list[FetchedRange]:
-        """:meth:`_fetch_range`, except that with ``split`` an answer of more than ``limit`` logs (up to
-        MAX_SPLIT_BYTES) comes back cut into consecutive block-aligned ranges of about target_logs
-        each (:func:`keeper.indexer.split.split_by_block`), decoded in parallel, instead of raising
-        :class:`_Oversized`: the node's work is not thrown away."""
+    ) -> list[_Piece]:
+        """Logs and headers of [frm, to] from one consistent chain (ChainChanged otherwise), as pieces
+        whose ranges are prepared in the background (each piece's task gives its FetchedRange).
+
+        An answer of more than ``limit`` logs raises :class:`_Oversized` before it is parsed, unless
+        ``split`` and it is at most MAX_SPLIT_BYTES: it is then cut into consecutive block-aligned
+        pieces of about target_logs each (:func:`keeper.indexer.split.split_by_block`), decoded in
+        parallel, and each piece is handed on as soon as it is decoded (the node's work is not thrown
+        away, and the writer does not wait for the last piece to start on the first)."""
         t0 = time.monotonic()
         try:
             pre = await self.rpc.headers([to])
@@ -412,7 +419,7 @@ class Indexer:
         raw = await get_logs_raw(self.rpc, frm, to, self.target.addresses)
         if not isinstance(raw, bytes):  # a JSON-RPC answer that came with a non-200 status
             raw = orjson.dumps(raw)
-        n = raw.count(b'"logIndex"') if limit is not None else 0  # a scan of the answer: only to check it
+        n = raw.count(b'"logIndex"')  # a scan of the answer: only to size ranges, decoding checks it
         pieces: list[Piece] | None = None
         if limit is not None and n > limit:
             if split and len(raw) <= MAX_SPLIT_BYTES:
@@ -429,40 +436,66 @@ class Indexer:
             numbers.update(range(max(frm, to - w), to + 1))
         headers_task = asyncio.ensure_future(self.rpc.headers(sorted(numbers)))
         jobs = [asyncio.ensure_future(self._prepare_piece(body, a, b, headers_task)) for a, b, body in pieces]
-        spans = [(a, b) for a, b, _ in pieces]
+        spans = [(a, b, n if len(pieces) == 1 else body.count(b'"logIndex"')) for a, b, body in pieces]
         del pieces  # each piece's bytes are freed once its job is done, not after the last one
         try:
-            prepared = await asyncio.gather(*jobs)
-            raw_headers = await headers_task
-        except MissingBlock as exc:
+            try:
+                raw_headers = await headers_task
+            except MissingBlock as exc:
+                raise ChainChanged(str(exc)) from None
+            headers = {n: BlockHeader.from_rpc(h) for n, h in raw_headers.items()}
+            if headers[to].hash != pre[to]["hash"].lower():
+                raise ChainChanged(f"block {to} changed while its range was fetched")
+            nums = sorted(headers)
+            for a, b in zip(nums, nums[1:], strict=False):
+                if b == a + 1 and headers[b].parent_hash != headers[a].hash:
+                    raise ChainChanged(f"blocks {a} and {b} do not link")
+        except BaseException:
+            await _cancelled(jobs)
+            raise
+        if len(jobs) == 1:  # decoded here: an answer that is an error is the caller's to handle
+            try:
+                fr = await self._piece_range(jobs[0], frm, to, headers, False, t0)
+            except BaseException:
+                await _cancelled(jobs)
+                raise
+            done: asyncio.Future[FetchedRange] = asyncio.get_running_loop().create_future()
+            done.set_result(fr)
+            return [_Piece(frm, to, n, done)]
+        return [
+            _Piece(a, b, logs, asyncio.ensure_future(self._piece_range(job, a, b, headers, True, t0)))
+            for job, (a, b, logs) in zip(jobs, spans, strict=True)
+        ]
+
+    async def _piece_range(
+        self,
+        job: asyncio.Future[Prepared],
+        a: int,
+        b: int,
+        headers: dict[int, BlockHeader],
+        cut: bool,
+        t0: float,
+    ) -> FetchedRange:
+        """The FetchedRange of blocks a-b once their piece is prepared, its logs checked against the
+        headers fetched after them."""
+        try:
+            p = await job
+        except MissingBlock as exc:  # the headers of a node without blockTimestamp in its logs
             raise ChainChanged(str(exc)) from None
-        finally:
-            for task in [*jobs, headers_task]:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(*jobs, headers_task, return_exceptions=True)
-        headers = {n: BlockHeader.from_rpc(h) for n, h in raw_headers.items()}
-        if headers[to].hash != pre[to]["hash"].lower():
-            raise ChainChanged(f"block {to} changed while its range was fetched")
-        nums = sorted(headers)
-        for a, b in zip(nums, nums[1:], strict=False):
-            if b == a + 1 and headers[b].parent_hash != headers[a].hash:
-                raise ChainChanged(f"blocks {a} and {b} do not link")
-        problem = next((p.problem for p in prepared if p.problem is not None), None)
-        if problem is not None:
-            if len(prepared) > 1:  # a cut that did not hold (or the chain changed): fetch smaller
-                raise _Oversized(n)
-            raise ChainChanged(problem)
-        out = []
-        spent = time.monotonic() - t0
-        for p, (a, b) in zip(prepared, spans, strict=True):
-            for bn, h in p.blocks.items():
-                hdr = headers.get(bn)
-                if hdr is not None and hdr.hash != h:
-                    raise ChainChanged(f"log of block {bn} from another chain")
-            own = {k: v for k, v in headers.items() if a <= k <= b}
-            out.append(FetchedRange(a, b, [], own, spent, p))
-        return out
+        except (RangeTooLarge, RpcError) as exc:
+            if not cut:
+                raise
+            raise ChainChanged(f"a piece of a cut answer could not be read ({exc})") from None
+        if p.problem is not None:
+            # the chain changed under the query, or a cut that did not hold: the catch-up stops at the
+            # pieces before this one, and the next one fetches again from there (a smaller range)
+            raise ChainChanged(p.problem + (" (in a piece of a cut answer)" if cut else ""))
+        for bn, h in p.blocks.items():
+            hdr = headers.get(bn)
+            if hdr is not None and hdr.hash != h:
+                raise ChainChanged(f"log of block {bn} from another chain")
+        own = {k: v for k, v in headers.items() if a <= k <= b}
+        return FetchedRange(a, b, [], own, time.monotonic() - t0, p)
 
     async def _prepare_piece(
         self, body: bytes, frm: int, to: int, headers_task: asyncio.Future[dict[int, Any]]
@@ -506,9 +539,7 @@ class Indexer:
         decoder, deriver = self.store.decoder, self._deriver
         return await asyncio.to_thread(prepare_raw, raw, frm, to, ts, cid, contracts, decoder, deriver)
 
-    async def _fetch_adaptive(
-        self, frm: int, max_to: int, head: int, split: bool = True
-    ) -> list[FetchedRange]:
+    async def _fetch_adaptive(self, frm: int, max_to: int, head: int, split: bool = True) -> list[_Piece]:
         """Consecutive ranges from ``frm`` to at most ``max_to``, the span set by :class:`AdaptiveRange`
         (one range, or the pieces of an oversized answer with ``split``: see :meth:`_fetch_pieces`)."""
         failures = 0
@@ -517,7 +548,7 @@ class Indexer:
             span = to - frm + 1
             limit = OVERSIZED * self.range.target_logs if span > self.range.minimum else None
             try:
-                frs = await self._fetch_pieces(frm, to, head, limit, split)
+                pieces = await self._fetch_pieces(frm, to, head, limit, split)
             except RangeTooLarge as exc:
                 log.info("eth_getLogs %d-%d (%d blocks) refused: %s", frm, to, span, str(exc)[:200])
                 if span <= self.range.minimum:  # cannot shrink: a flaky provider, or one that cannot answer
@@ -540,10 +571,10 @@ class Indexer:
                     frm, to, exc.count, self.range.target_logs, self.range.size,
                 )  # fmt: skip
                 continue
-            self.range.success(span, sum(fr.count for fr in frs))
-            return frs
+            self.range.success(span, sum(p.logs for p in pieces))
+            return pieces
 
-    async def _fetch_cover(self, frm: int, to: int, head: int) -> list[FetchedRange]:
+    async def _fetch_cover(self, frm: int, to: int, head: int) -> list[_Piece]:
         """Ranges covering exactly [frm, to] (split when the node or the log count asks for it).
 
         When the first range comes back shorter than asked (a denser stretch than the span was sized
@@ -559,18 +590,20 @@ class Indexer:
             cur = pieces[-1][1] + 1
         slots = asyncio.Semaphore(max(1, self.opts.fetch_concurrency))
 
-        async def piece(a: int, b: int) -> list[FetchedRange]:
+        async def piece(a: int, b: int) -> list[_Piece]:
             async with slots:
                 return await self._fetch_cover(a, b, head)
 
         tasks = [asyncio.ensure_future(piece(a, b)) for a, b in pieces]
         try:
             parts = await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()  # after a failure: the others are not needed
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return [*first, *(fr for part in parts for fr in part)]
+        except BaseException:
+            # after a failure the others are not needed, nor the ranges being prepared
+            await _cancelled(tasks)
+            await _cancelled([p.task for p in first])
+            await _cancelled([p.task for t in tasks if _succeeded(t) for p in t.result()])
+            raise
+        return [*first, *(p for part in parts for p in part)]
 
     async def _produce(self, start: int, safe: int, head: int, queue: asyncio.Queue[Any]) -> None:
         """Fetches ranges ahead, ``fetch_concurrency`` at a time, and queues them in chain order.
@@ -579,7 +612,8 @@ class Indexer:
         (up to FETCH_LOOKAHEAD times ``fetch_concurrency`` fetched ranges held back): one slow answer (a
         dense stretch, tens of MB) does not leave the node and the decode workers idle behind it.
         """
-        pending: collections.deque[asyncio.Future[list[FetchedRange]]] = collections.deque()
+        pending: collections.deque[asyncio.Future[list[_Piece]]] = collections.deque()
+        ready: collections.deque[_Piece] = collections.deque()  # the earliest fetch's, in chain order
         cur = start
         running = max(1, self.opts.fetch_concurrency)
         held = running * FETCH_LOOKAHEAD
@@ -605,31 +639,34 @@ class Indexer:
                 cur = end + 1
 
         try:
-            while cur <= safe or pending:
+            while cur <= safe or pending or ready:
+                # the next fetches start before this one's ranges wait for their decoding or for room
+                # in the queue: the node and the decode workers are not left idle meanwhile
                 launch()
+                if ready:
+                    task = ready[0].task
+                    if not task.done():
+                        waits: list[asyncio.Future[Any]] = [task, *(f for f in pending if not f.done())]
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    ready.popleft()
+                    await queue.put(task.result())
+                    continue
                 if not pending[0].done():
                     await asyncio.wait(
                         [f for f in pending if not f.done()], return_when=asyncio.FIRST_COMPLETED
                     )
                     continue
-                done = pending.popleft().result()
-                # the next fetch starts before this one's ranges wait for room in the queue: a dense
-                # stretch cut into many pieces must not leave the node and the decode workers idle
-                # while the writer works through them
-                launch()
-                for fr in done:
-                    await queue.put(fr)
+                ready.extend(pending.popleft().result())
             await queue.put(None)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             await queue.put(exc)
         finally:
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            tasks: list[asyncio.Future[Any]] = [*pending, *(p.task for p in ready)]
+            tasks += [p.task for f in pending if _succeeded(f) for p in f.result()]
+            await _cancelled(tasks)
 
     async def _catch_up(self, safe: int, head: int) -> bool:
         """Indexes up to ``safe``; False when it stopped early because the chain changed."""
@@ -913,13 +950,37 @@ class _Growth:
     def __init__(self, rng: AdaptiveRange, span: int, parts: int) -> None:
         self.range, self.span, self.left, self.logs = rng, span, parts, 0
 
-    async def track(self, fetch: Any) -> list[FetchedRange]:
-        frs: list[FetchedRange] = await fetch
-        self.logs += sum(fr.count for fr in frs)
+    async def track(self, fetch: Any) -> list[_Piece]:
+        pieces: list[_Piece] = await fetch
+        self.logs += sum(p.logs for p in pieces)
         self.left -= 1
         if self.left == 0 and self.logs < self.range.target_logs:
             self.range.success(self.span, self.logs)
-        return frs
+        return pieces
+
+
+@dataclass
+class _Piece:
+    """Blocks from_block-to_block of an answer (``logs`` of them), fetched and checked against the
+    headers; ``task`` prepares them and gives their FetchedRange (see ``Indexer._fetch_pieces``)."""
+
+    from_block: int
+    to_block: int
+    logs: int
+    task: asyncio.Future[FetchedRange]
+
+
+def _succeeded(f: asyncio.Future[Any]) -> bool:
+    return f.done() and not f.cancelled() and f.exception() is None
+
+
+async def _cancelled(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancels those of ``tasks`` not done yet and waits for all of them to finish."""
+    for t in tasks:
+        if not t.done():
+            t.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Oversized(Exception):

@@ -235,6 +235,46 @@ def test_an_oversized_answer_is_cut_into_pieces_that_index_as_small_ranges_do(
     assert diff_dumps(first, one_by_one) == []
 
 
+def test_the_pieces_before_a_bad_one_are_indexed_and_the_rest_fetched_again(
+    deployed: Any, tmp_path: Path, db_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each piece of a cut answer goes to the writer as soon as it is decoded. A piece that turns out
+    bad (here: a log marked removed, as when the chain changes under the query) stops the catch-up after
+    the pieces before it, which stay indexed; the next catch-up fetches again from the bad piece's
+    first block, and the index equals one fetched a block at a time."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 3, blocks=8)
+    target = IndexTarget.from_deployment(dep)
+    fetched: list[tuple[int, int]] = []
+    spoiled: list[int] = []  # the first block of the piece spoiled (once)
+    real_split, real_get_logs = sync.split_by_block, sync.get_logs_raw
+
+    def split(raw: bytes, frm: int, to: int, logs: int, goal: int) -> Any:
+        pieces = real_split(raw, frm, to, logs, goal)
+        if pieces and len(pieces) >= 3 and not spoiled:
+            a, b, body = pieces[-2]
+            assert b'"removed":false' in body
+            pieces[-2] = (a, b, body.replace(b'"removed":false', b'"removed":true', 1))
+            spoiled.append(a)
+        return pieces
+
+    async def get_logs(rpc: Any, frm: int, to: int, addresses: Any) -> Any:
+        fetched.append((frm, to))
+        return await real_get_logs(rpc, frm, to, addresses)
+
+    monkeypatch.setattr(sync, "split_by_block", split)
+    monkeypatch.setattr(sync, "get_logs_raw", get_logs)
+    got = fresh_dump(url, target, db_kind, tmp_path / "cut", first_range=64, target_logs=15, decode_workers=0)
+    monkeypatch.undo()
+    assert spoiled, "no answer was cut into 3 pieces or more"
+    cut = next(i for i, (frm, to) in enumerate(fetched) if frm <= spoiled[0] <= to)
+    # fetched again from the spoiled piece on, not before it: the pieces before it were indexed
+    later = fetched[cut + 1 :]
+    assert later and min(frm for frm, _ in later) == spoiled[0], fetched
+    one_by_one = fresh_dump(url, target, db_kind, tmp_path / "small", initial_range=1, max_range=1)
+    assert diff_dumps(got, one_by_one) == []
+
+
 def test_two_writers_cannot_double_index(deployed: Any, new_db: Callable[[], str]) -> None:
     w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
     target = IndexTarget.from_deployment(dep)
