@@ -193,6 +193,19 @@ def test_decode_workers_write_what_the_keeper_process_writes(
                 engine.dispose()
 
 
+def _record_fetches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (from, to) of every eth_getLogs the indexer sends from now on, in order."""
+    fetched: list[tuple[int, int]] = []
+    real_get_logs = sync.get_logs_raw
+
+    async def get_logs(rpc: Any, frm: int, to: int, addresses: Any) -> Any:
+        fetched.append((frm, to))
+        return await real_get_logs(rpc, frm, to, addresses)
+
+    monkeypatch.setattr(sync, "get_logs_raw", get_logs)
+    return fetched
+
+
 def test_an_oversized_answer_is_cut_into_pieces_that_index_as_small_ranges_do(
     deployed: Any, tmp_path: Path, db_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,20 +216,15 @@ def test_an_oversized_answer_is_cut_into_pieces_that_index_as_small_ranges_do(
     simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 2, blocks=8)
     target = IndexTarget.from_deployment(dep)
     cut_into: list[int] = []
-    fetched: list[tuple[int, int]] = []
-    real_split, real_get_logs = sync.split_by_block, sync.get_logs_raw
+    real_split = sync.split_by_block
 
     def split(raw: bytes, frm: int, to: int, logs: int, goal: int) -> Any:
         pieces = real_split(raw, frm, to, logs, goal)
         cut_into.append(0 if pieces is None else len(pieces))
         return pieces
 
-    async def get_logs(rpc: Any, frm: int, to: int, addresses: Any) -> Any:
-        fetched.append((frm, to))
-        return await real_get_logs(rpc, frm, to, addresses)
-
     monkeypatch.setattr(sync, "split_by_block", split)
-    monkeypatch.setattr(sync, "get_logs_raw", get_logs)
+    fetched = _record_fetches(monkeypatch)
     dense = {"first_range": 64, "target_logs": 15}  # the first answer: far more than 3 x 15 logs
     for name, options in [("workers", {"workers_from_blocks": 1}), ("threads", {"decode_workers": 0})]:
         cut_into.clear()
@@ -245,9 +253,8 @@ def test_the_pieces_before_a_bad_one_are_indexed_and_the_rest_fetched_again(
     w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
     simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 3, blocks=8)
     target = IndexTarget.from_deployment(dep)
-    fetched: list[tuple[int, int]] = []
     spoiled: list[int] = []  # the first block of the piece spoiled (once)
-    real_split, real_get_logs = sync.split_by_block, sync.get_logs_raw
+    real_split = sync.split_by_block
 
     def split(raw: bytes, frm: int, to: int, logs: int, goal: int) -> Any:
         pieces = real_split(raw, frm, to, logs, goal)
@@ -258,12 +265,8 @@ def test_the_pieces_before_a_bad_one_are_indexed_and_the_rest_fetched_again(
             spoiled.append(a)
         return pieces
 
-    async def get_logs(rpc: Any, frm: int, to: int, addresses: Any) -> Any:
-        fetched.append((frm, to))
-        return await real_get_logs(rpc, frm, to, addresses)
-
     monkeypatch.setattr(sync, "split_by_block", split)
-    monkeypatch.setattr(sync, "get_logs_raw", get_logs)
+    fetched = _record_fetches(monkeypatch)
     got = fresh_dump(url, target, db_kind, tmp_path / "cut", first_range=64, target_logs=15, decode_workers=0)
     monkeypatch.undo()
     assert spoiled, "no answer was cut into 3 pieces or more"
