@@ -598,10 +598,7 @@ class Indexer:
         try:
             parts = await asyncio.gather(*tasks)
         except BaseException:
-            # after a failure the others are not needed, nor the ranges being prepared
-            await _cancelled(tasks)
-            await _cancelled([p.task for p in first])
-            await _cancelled([p.task for t in tasks if _succeeded(t) for p in t.result()])
+            await _dropped(tasks, first)  # after a failure the others are not needed
             raise
         return [*first, *(p for part in parts for p in part)]
 
@@ -664,9 +661,7 @@ class Indexer:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             await queue.put(exc)
         finally:
-            tasks: list[asyncio.Future[Any]] = [*pending, *(p.task for p in ready)]
-            tasks += [p.task for f in pending if _succeeded(f) for p in f.result()]
-            await _cancelled(tasks)
+            await _dropped(pending, ready)
 
     async def _catch_up(self, safe: int, head: int) -> bool:
         """Indexes up to ``safe``; False when it stopped early because the chain changed."""
@@ -970,8 +965,12 @@ class _Piece:
     task: asyncio.Future[FetchedRange]
 
 
-def _succeeded(f: asyncio.Future[Any]) -> bool:
-    return f.done() and not f.cancelled() and f.exception() is None
+async def _dropped(fetches: Sequence[asyncio.Future[list[_Piece]]], pieces: Sequence[_Piece] = ()) -> None:
+    """Cancels fetches and the preparing of their pieces (those of the fetches already done, and
+    ``pieces``), and waits for all of it to finish."""
+    await _cancelled(fetches)
+    done = [p for f in fetches if not f.cancelled() and f.exception() is None for p in f.result()]
+    await _cancelled([p.task for p in [*pieces, *done]])
 
 
 async def _cancelled(tasks: Sequence[asyncio.Future[Any]]) -> None:
