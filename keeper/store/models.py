@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Table
+from sqlalchemy import BigInteger, Column, Index, Integer, Table, text
 from sqlmodel import Field, SQLModel
 
 from keeper.store.types import BigInt, JsonDoc
@@ -52,6 +52,17 @@ def _position_unique(table: str) -> Index:
     return Index(f"uq_{table}_position", "chain_id", "block_number", "log_index", unique=True)
 
 
+def _partial_index(name: str, column: str, *rest: str) -> Index:
+    """An index of ``events`` on (chain_id, ``column``, ``rest``...) over the rows where ``column`` is set.
+
+    SQLite and PostgreSQL use it for any query that compares ``column`` (``=``, ``IN``, ``IS NOT NULL``),
+    which every query of these indexes does; the rows without a value are never looked up through it, and
+    leaving them out saves a backfill about 5 % of its time (migration 0007).
+    """
+    where = text(f"{column} IS NOT NULL")
+    return Index(name, "chain_id", column, *rest, sqlite_where=where, postgresql_where=where)
+
+
 def _event_ref_indexes(table: str) -> tuple[Any, ...]:
     return (_position_unique(table),)
 
@@ -66,8 +77,10 @@ class Event(SQLModel, table=True):
     __table_args__ = (
         # Unique on the log's position, see _position_unique (also the block-range index).
         Index("uq_events_position", "chain_id", "block_number", "log_index", unique=True),
-        Index("ix_events_account", "chain_id", "account", "event_name", "block_number"),
-        Index("ix_events_market", "chain_id", "market_id", "event_name", "block_number"),
+        # Partial: a third of the logs have no account and half no market (prices, fund income...), and
+        # every lookup names one (``account = ?``, ``account IS NOT NULL``): fewer entries to write.
+        _partial_index("ix_events_account", "account", "event_name", "block_number"),
+        _partial_index("ix_events_market", "market_id", "event_name", "block_number"),
         Index("ix_events_name", "chain_id", "event_name", "block_number"),
     )
 

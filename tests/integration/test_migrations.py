@@ -3,6 +3,9 @@
 * 0006 (one unique index on the log's position instead of the hash-keyed unique constraint plus a
   block index): rows written at 0005 survive the upgrade (SQLite rebuilds the tables), a second log at
   the same (chain_id, block_number, log_index) is refused, and the migration goes down and up again.
+* 0007 (the account and market indexes of ``events`` partial, over the rows that have one): the rows
+  survive, the indexes hold only those rows, the per-account and per-market lookups still go through
+  them, and the migration goes down and up again.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def test_0006_keeps_the_rows_and_makes_the_position_unique(
         assert len(before["events"]) == len(before["position_changes"]) == 1
         assert len(_schema_diffs(engine)) == 3 * len(EVENT_TABLES)  # 0005 is not the models' schema
 
-        _alembic(engine, command.upgrade, "head")
+        _alembic(engine, command.upgrade, "0006")
         assert current_revision(engine) == "0006"
         assert _rows(engine) == before  # ids included
         insp = inspect(engine)
@@ -140,9 +143,89 @@ def test_0006_keeps_the_rows_and_makes_the_position_unique(
             names = {ix["name"] for ix in insp.get_indexes(table)}
             assert f"ix_{table}_block" in names and f"uq_{table}_position" not in names
             assert f"uq_{table}_log" in {uc["name"] for uc in insp.get_unique_constraints(table)}
-        _alembic(engine, command.upgrade, "head")
+        _alembic(engine, command.upgrade, "0006")
         assert current_revision(engine) == "0006"
         assert _rows(engine) == after
         assert _schema_diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+def _partial_predicates(engine: Engine) -> dict[str, str | None]:
+    """ix_events_account / ix_events_market -> the WHERE of the index as the database stores it."""
+    with engine.connect() as conn:
+        sql: dict[Any, Any]
+        if engine.dialect.name == "sqlite":
+            sql = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index'").all())
+        else:
+            sql = dict(conn.exec_driver_sql("SELECT indexname, indexdef FROM pg_indexes").all())
+    out: dict[str, str | None] = {}
+    for name in ("ix_events_account", "ix_events_market"):
+        _, _, where = str(sql[name]).upper().partition(" WHERE ")
+        out[name] = where.strip("() ") or None
+    return out
+
+
+def _index_entries(engine: Engine, name: str) -> int:
+    """How many entries the index ``name`` of ``events`` holds, from the statistics ANALYZE gathers."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE events")
+        if engine.dialect.name == "sqlite":  # sqlite_stat1.stat: "<entries> <rows per key prefix>..."
+            stat = conn.exec_driver_sql(f"SELECT stat FROM sqlite_stat1 WHERE idx = '{name}'").scalar()
+            return int(str(stat).split()[0])
+        return int(
+            conn.exec_driver_sql(f"SELECT reltuples FROM pg_class WHERE relname = '{name}'").scalar() or 0
+        )
+
+
+def _plan(engine: Engine, where: str, value: Any) -> str:
+    """The plan of a lookup by account or market, as the deriver's rollback makes them."""
+    sql = (
+        f"SELECT * FROM events WHERE chain_id = {CHAIN} AND event_name = 'PositionChanged' "
+        f"AND contract = 'Exchange' AND {where} ORDER BY block_number + 0 DESC, log_index DESC LIMIT 1"
+    )
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (value,)).all()
+            return " ".join(str(r[-1]) for r in rows)
+        conn.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: make the planner show its index
+        rows = conn.exec_driver_sql(f"EXPLAIN {sql.replace('?', '%s')}", (value,)).all()
+        return " ".join(str(r[0]) for r in rows)
+
+
+def test_0007_leaves_rows_without_an_account_or_market_out_of_their_indexes(
+    new_db: Callable[[], str],
+) -> None:
+    engine = make_engine(new_db())
+    try:
+        _alembic(engine, command.upgrade, "0006")
+        price = {**EVENT_ROW, "log_index": 4, "contract": "OracleHub", "event_name": "PriceRefreshed",
+                 "account": None, "market_id": 1, "args": {"mark": "1"}}  # fmt: skip
+        income = {**EVENT_ROW, "log_index": 5, "contract": "InsuranceFund", "event_name": "FundIncome",
+                  "market_id": None, "args": {"amount": "2"}}  # fmt: skip
+        with engine.begin() as conn:
+            conn.execute(insert(EVENTS), [EVENT_ROW, price, income])
+        before = _rows(engine)
+        assert _partial_predicates(engine) == {"ix_events_account": None, "ix_events_market": None}
+        assert _index_entries(engine, "ix_events_account") == 3
+
+        _alembic(engine, command.upgrade, "head")
+        assert current_revision(engine) == "0007"
+        assert _rows(engine) == before
+        assert _partial_predicates(engine) == {
+            "ix_events_account": "ACCOUNT IS NOT NULL",
+            "ix_events_market": "MARKET_ID IS NOT NULL",
+        }
+        assert _index_entries(engine, "ix_events_account") == 2  # the price has no account
+        assert _index_entries(engine, "ix_events_market") == 2  # the fund income has no market
+        assert "ix_events_account" in _plan(engine, "account = ?", EVENT_ROW["account"])
+        assert "ix_events_market" in _plan(engine, "market_id = ?", 1)
+        assert _schema_diffs(engine) == []
+
+        _alembic(engine, command.downgrade, "0006")
+        assert _partial_predicates(engine) == {"ix_events_account": None, "ix_events_market": None}
+        _alembic(engine, command.upgrade, "head")
+        assert _rows(engine) == before
+        assert _partial_predicates(engine)["ix_events_account"] == "ACCOUNT IS NOT NULL"
     finally:
         engine.dispose()
