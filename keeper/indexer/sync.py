@@ -419,7 +419,7 @@ class Indexer:
         raw = await get_logs_raw(self.rpc, frm, to, self.target.addresses)
         if not isinstance(raw, bytes):  # a JSON-RPC answer that came with a non-200 status
             raw = orjson.dumps(raw)
-        n = raw.count(b'"logIndex"')  # a scan of the answer: only to size ranges, decoding checks it
+        n = scan.count_logs(raw)  # a scan of the answer: only to size ranges, decoding checks it
         pieces: list[Piece] | None = None
         if limit is not None and n > limit:
             if split and len(raw) <= MAX_SPLIT_BYTES:
@@ -436,7 +436,7 @@ class Indexer:
             numbers.update(range(max(frm, to - w), to + 1))
         headers_task = asyncio.ensure_future(self.rpc.headers(sorted(numbers)))
         jobs = [asyncio.ensure_future(self._prepare_piece(body, a, b, headers_task)) for a, b, body in pieces]
-        spans = [(a, b, n if len(pieces) == 1 else body.count(b'"logIndex"')) for a, b, body in pieces]
+        spans = [(a, b, n if len(pieces) == 1 else scan.count_logs(body)) for a, b, body in pieces]
         del pieces  # each piece's bytes are freed once its job is done, not after the last one
         try:
             try:

@@ -200,6 +200,27 @@ def test_scanner_equals_python_path(
         assert scan.scan(raw, FRM, TO, ts, CHAIN_ID, ADDRESSES, decoder) is not None
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.sampled_from([b'"logIndex"', b'"logIndex', b"logIndex\"", b"x"])))
+def test_logs_are_counted_as_bytes_count_counts_them(noise: bytes, parts: list[bytes]) -> None:
+    """count_logs (memmem in C) sizes ranges and decides cuts: it must count exactly as bytes.count,
+    also for keys that overlap, stand at either end, or are cut short."""
+    raw = noise.join(parts) + noise
+    assert scan.count_logs(raw) == raw.count(b'"logIndex"')
+    assert scan.count_logs(b'"logIndex""logIndex"') == 2
+    assert scan.count_logs(b'"logIndex"'[:-1]) == 0
+
+
+def test_a_node_answer_is_counted_by_its_logs(answer_bytes: bytes) -> None:
+    assert scan.count_logs(answer_bytes) == len(orjson.loads(answer_bytes)["result"]) > 0
+
+
+@pytest.fixture
+def answer_bytes() -> bytes:
+    logs = [{"logIndex": hex(i), "data": "0x" + "00" * 32, "removed": False} for i in range(5)]
+    return orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": logs}, option=orjson.OPT_INDENT_2)
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.data())
 def test_sound_answer_is_scanned_exactly(
