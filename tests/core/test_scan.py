@@ -201,7 +201,7 @@ def test_scanner_equals_python_path(
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=200), st.lists(st.sampled_from([b'"logIndex"', b'"logIndex', b"logIndex\"", b"x"])))
+@given(st.binary(max_size=200), st.lists(st.sampled_from([b'"logIndex"', b'"logIndex', b'logIndex"', b"x"])))
 def test_logs_are_counted_as_bytes_count_counts_them(noise: bytes, parts: list[bytes]) -> None:
     """count_logs (memmem in C) sizes ranges and decides cuts: it must count exactly as bytes.count,
     also for keys that overlap, stand at either end, or are cut short."""
