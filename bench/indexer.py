@@ -144,7 +144,8 @@ def worker_raw(rpc: str, start: int, head: int, span: int) -> dict[str, Any]:
 
 
 class ChildrenRss:
-    """Peak of the summed RSS of a process's descendants (its decode workers), sampled every 100 ms.
+    """Peak of the summed RSS of a process's descendants (its decode workers), sampled every 100 ms, and
+    peak of the bytes waiting in its spool (``keeper.indexer.spool``: memory too, in no process's RSS).
 
     It runs in the bench's own process, not in the measured one: a thread there would leave the keeper
     with two threads, and the keeper forks its decode workers only from a single-threaded process.
@@ -155,6 +156,7 @@ class ChildrenRss:
 
         self.pid = pid
         self.peak_mb = 0.0
+        self.spool_peak_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -179,6 +181,11 @@ class ChildrenRss:
                 except OSError:
                     continue
             self.peak_mb = max(self.peak_mb, total)
+            spooled = 0
+            for f in Path("/dev/shm").glob(f"zanbara-keeper-spool-{self.pid}/*"):
+                with contextlib.suppress(OSError):
+                    spooled += f.stat().st_size
+            self.spool_peak_mb = max(self.spool_peak_mb, spooled / 1e6)
 
 
 def _children(pid: int) -> list[int]:
@@ -312,6 +319,7 @@ def run_worker(kind: str, env: dict[str, str] | None = None, **args: Any) -> dic
     r = dict(json.loads(out.strip().splitlines()[-1]))
     if kind == "_index":
         r["workers_rss_mb"] = children.peak_mb  # the decode workers together, sampled
+        r["spool_peak_mb"] = children.spool_peak_mb
     return r
 
 
@@ -414,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_worker("_index", env, rpc=rpc, db_url=url, deployment=deployment)
             print(
                 f"({'b' if kind == 'sqlite' else 'c'}) keeper index --until-head into {kind}: "
-                f"{r['events']:,} events in {r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
+                f"{r['events']:,} events in {r['seconds']:.2f} s, peak RSS {r['rss_mb']:.0f} MB "
+                f"(decode workers {r['workers_rss_mb']:.0f} MB, spool {r['spool_peak_mb']:.0f} MB)",
                 flush=True,
             )
             return r

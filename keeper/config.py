@@ -69,6 +69,10 @@ class IndexerSettings(BaseModel):
     #: Niceness added to the decode workers: on a busy CPU the keeper's own process (writer, risk,
     #: liquidations) runs first (0: same priority).
     decode_niceness: int = Field(default=10, ge=0, le=19)
+    #: A tmpfs directory where the keeper and its decode workers leave each other large answers and
+    #: rows, instead of copying them through pipes (less CPU; memory either way). A full or missing one
+    #: falls back to the pipes; "" uses only the pipes.
+    spool_dir: str = "/dev/shm"
     #: Wake the poller on newHeads from chain.ws_url (polling goes on regardless).
     use_ws: bool = True
 

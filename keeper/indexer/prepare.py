@@ -26,6 +26,7 @@ from keeper.indexer.decode import DecodeError, EventDecoder, checksum_address
 from keeper.indexer.derive import Deriver, Folded, history_columns
 from keeper.indexer.records import MAX_BIGINT, LogRecord
 from keeper.indexer.scan import scan
+from keeper.indexer.spool import Spooled, mapped, write
 from keeper.store import packed
 from keeper.store.bulk import wire_columns
 from keeper.store.models import APPEND_ONLY, EVENTS
@@ -45,12 +46,23 @@ STAGED_COLUMNS = {"events": EVENT_COLUMNS, **{t.name: history_columns(t.name) fo
 @dataclass(frozen=True)
 class StagedRows:
     """A range's ``events`` and history rows as a SQLite writer copies them, instead of row tuples: one
-    packed buffer per table (``packed``: :mod:`keeper.store.packed`), or else a serialized SQLite
-    database (``blob``: :mod:`keeper.store.staged`)."""
+    packed buffer per table (``packed``: :mod:`keeper.store.packed`), the same buffers one after another
+    in a spool file (``spooled``, their tables and sizes in ``layout``: :mod:`keeper.indexer.spool`), or
+    else a serialized SQLite database (``blob``: :mod:`keeper.store.staged`)."""
 
     events: int  # rows of ``events`` in it
     blob: bytes = b""
     packed: Mapping[str, bytes] | None = None
+    spooled: Spooled | None = None
+    layout: tuple[tuple[str, int], ...] = ()
+
+    def tables(self, spooled: memoryview) -> dict[str, memoryview]:
+        """Table -> its packed buffer, as views of the mapped spool file (``layout`` order)."""
+        out, at = {}, 0
+        for name, size in self.layout:
+            out[name] = spooled[at : at + size]
+            at += size
+        return out
 
 
 @dataclass
@@ -80,15 +92,21 @@ class Prepared:
 RowsAs = Literal["packed", "staged"] | None
 
 
-def staged(p: Prepared, how: RowsAs = "staged") -> Prepared:
+def staged(p: Prepared, how: RowsAs = "staged", spool: str | None = None) -> Prepared:
     """``p`` with its ``events`` and history rows moved out of the tuples for a SQLite writer: packed
-    (``how``, where :mod:`keeper.store.packed` is built here too), else into a staging database."""
+    (``how``, where :mod:`keeper.store.packed` is built here too) and, given a ``spool`` directory, left
+    in a file there if one can be written; else into a staging database."""
     if how is None or p.problem is not None or p.missing_timestamps or p.staged is not None or not p.events:
         return p
     tables = {"events": p.events, **p.folded.appends}
     if how == "packed" and packed.AVAILABLE:
         buffers = {n: packed.pack_rows(rows, len(STAGED_COLUMNS[n])) for n, rows in tables.items() if rows}
-        rows = StagedRows(len(p.events), packed=buffers)
+        ref = write(spool, list(buffers.values())) if spool is not None else None
+        if ref is not None:
+            layout = tuple((n, len(b)) for n, b in buffers.items())
+            rows = StagedRows(len(p.events), spooled=ref, layout=layout)
+        else:
+            rows = StagedRows(len(p.events), packed=buffers)
     else:
         rows = StagedRows(len(p.events), blob=stage_rows(STAGED_COLUMNS, tables))
     return Prepared([], Folded({}, p.folded.touches), p.blocks, staged=rows)
@@ -274,7 +292,7 @@ def warm_up() -> int:
     return len(_state()[0].any)
 
 
-def parse_raw(raw: bytes) -> list[dict[str, Any]] | RawFailure:
+def parse_raw(raw: bytes | memoryview) -> list[dict[str, Any]] | RawFailure:
     """The logs of a raw ``eth_getLogs`` JSON-RPC answer, or why there are none."""
     try:
         reply = orjson.loads(raw)
@@ -296,7 +314,7 @@ def parse_raw(raw: bytes) -> list[dict[str, Any]] | RawFailure:
 
 
 def prepare_raw(
-    raw: bytes,
+    raw: bytes | memoryview,
     frm: int,
     to: int,
     timestamps: Mapping[int, int],
@@ -323,16 +341,18 @@ def prepare_raw(
 
 
 def prepare_in_worker(
-    raw: bytes,
+    raw: bytes | Spooled,
     frm: int,
     to: int,
     timestamps: Mapping[int, int],
     chain_id: int,
     contracts: Mapping[str, str],
     rows_as: RowsAs = None,
+    spool: str | None = None,
 ) -> Prepared | RawFailure:
     """A decode worker's job: :func:`prepare_raw` with Python's cycle collector paused; for a SQLite
-    writer (``rows_as``) the rows come back :func:`staged`.
+    writer (``rows_as``) the rows come back :func:`staged`. ``raw`` may wait in a spool file, and the
+    packed rows go back through one in the ``spool`` directory (:mod:`keeper.indexer.spool`).
 
     A range is millions of small objects (parsed JSON, records, rows), none of them in a cycle:
     reference counting frees them all, but the collector kept walking them, about 30 % of the parse and
@@ -341,7 +361,11 @@ def prepare_in_worker(
     """
     gc.disable()
     try:
-        p = prepare_raw(raw, frm, to, timestamps, chain_id, contracts)
-        return staged(p, rows_as) if isinstance(p, Prepared) else p
+        if isinstance(raw, Spooled):
+            with mapped(raw) as view:
+                p = prepare_raw(view, frm, to, timestamps, chain_id, contracts)
+        else:
+            p = prepare_raw(raw, frm, to, timestamps, chain_id, contracts)
+        return staged(p, rows_as, spool) if isinstance(p, Prepared) else p
     finally:
         gc.enable()

@@ -69,7 +69,7 @@ _contract_address = lru_cache(maxsize=1024)(decode.checksum_address)
 
 
 def scan(
-    raw: bytes,
+    raw: bytes | memoryview,
     frm: int,
     to: int,
     timestamps: Mapping[int, int],
@@ -97,12 +97,12 @@ def scan(
     return result
 
 
-def count_logs(raw: bytes) -> int:
+def count_logs(raw: bytes | memoryview) -> int:
     """How many logs an ``eth_getLogs`` answer holds, without parsing it (the occurrences of
     ``"logIndex"``): what sizes the next range and decides whether an answer is cut in pieces. In C when
     built (memmem, twice the speed of ``bytes.count`` on the event loop's thread: 177 MB per backfill of
     the bench chain), else ``bytes.count``; the same number either way."""
     if _scan is None:
-        return raw.count(b'"logIndex"')
+        return bytes(raw).count(b'"logIndex"')
     n: int = _scan.count_logs(raw)
     return n

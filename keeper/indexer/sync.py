@@ -60,6 +60,8 @@ from keeper.indexer.prepare import (
 from keeper.indexer.progress import Progress
 from keeper.indexer.records import BlockHeader
 from keeper.indexer.split import Piece, split_by_block
+from keeper.indexer.spool import MIN_BYTES as SPOOL_MIN_BYTES
+from keeper.indexer.spool import Spool, Spooled
 from keeper.indexer.writer import ChainChanged, CheckpointState, FetchedRange, IndexStore
 
 log = logging.getLogger("keeper.indexer")
@@ -94,6 +96,11 @@ class SyncOptions:
     workers_from_blocks: int = 256
     #: niceness added to the decode workers (the keeper's own process first on a busy CPU)
     decode_niceness: int = 10
+    #: a tmpfs where the keeper and its decode workers leave each other answers and rows (None: the
+    #: pool's pipes only; :mod:`keeper.indexer.spool`)
+    spool_dir: str | None = "/dev/shm"
+    #: answers at least this big (and their rows) go through the spool; smaller ones through the pipes
+    spool_min_bytes: int = SPOOL_MIN_BYTES
     #: ranges already fetched are written together, in one transaction, up to this many ranges...
     group_ranges: int = 4
     #: ... or this many logs
@@ -119,6 +126,7 @@ class SyncOptions:
             decode_workers=getattr(s, "decode_workers", 2),
             workers_from_blocks=getattr(s, "workers_from_blocks", 256),
             decode_niceness=getattr(s, "decode_niceness", 10),
+            spool_dir=getattr(s, "spool_dir", "/dev/shm") or None,
         )
 
 
@@ -126,6 +134,10 @@ class SyncOptions:
 class SyncStats:
     events: int = 0
     ranges: int = 0
+    #: answers sent to the decode workers, and packed rows returned, through the spool
+    #: (:mod:`keeper.indexer.spool`) rather than the pool's pipes
+    spooled_answers: int = 0
+    spooled_rows: int = 0
     reorgs: int = 0
     last_reorg_depth: int = 0
     events_removed: int = 0
@@ -171,6 +183,7 @@ class Indexer:
         #: decode workers forked before the run began (:func:`fork_decode_workers`), for its first catch-up
         self._forked = workers
         self._workers_broken = False  # a pool failed once: threads from then on
+        self._spool: Spool | None = None  # during a catch-up with decode workers
         #: jobs on the decode workers, lowest block first (the writer takes ranges in chain order)
         self._decode_turns = LowestFirst(max(1, self.opts.decode_workers))
         self._deriver = Deriver(store.decoder)  # folds in threads (no database, no row cache)
@@ -525,17 +538,30 @@ class Indexer:
                 await asyncio.shield(starting)
         if self._pool is not None:
             loop = asyncio.get_running_loop()
+            spool = self._spool if len(raw) >= self.opts.spool_min_bytes else None
+            sent: Spooled | None = None
             try:
-                job = (raw, frm, to, ts, cid, contracts, self.store.rows_as)
+                back = str(spool.directory) if spool is not None and self.store.rows_as else None
                 async with self._decode_turns.turn(frm):
                     if self._pool is None:  # failed while this job waited
                         raise BrokenProcessPool("decode workers stopped")
-                    return await loop.run_in_executor(self._pool, prepare_in_worker, *job)
+                    # spooled only now: a copy that waits for its turn would only take memory
+                    sent = spool.put(raw) if spool is not None else None
+                    job = (sent or raw, frm, to, ts, cid, contracts, self.store.rows_as, back)
+                    got = await loop.run_in_executor(self._pool, prepare_in_worker, *job)
+                self.stats.spooled_answers += sent is not None
+                if isinstance(got, Prepared) and got.staged is not None and got.staged.spooled is not None:
+                    self.stats.spooled_rows += 1
+                return got
             except BrokenProcessPool as exc:  # e.g. killed, or an unguarded __main__ re-run by a worker
                 if self._pool is not None:
                     log.warning("decode workers failed (%s): decoding in the keeper's process instead", exc)
                     self._stop_pool()
                     self._workers_broken = True
+            finally:
+                if sent is not None:  # read and unlinked by the worker, unless the job never ran
+                    with contextlib.suppress(OSError):
+                        os.unlink(sent.path)
         decoder, deriver = self.store.decoder, self._deriver
         return await asyncio.to_thread(prepare_raw, raw, frm, to, ts, cid, contracts, decoder, deriver)
 
@@ -719,6 +745,9 @@ class Indexer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
             self._stop_pool()
+            if self._spool is not None:  # after the last commit: what is left was never written
+                self._spool.close()
+                self._spool = None
             if self.progress is not None and big:
                 self.progress.end()
         return completed
@@ -730,6 +759,8 @@ class Indexer:
         :meth:`_prepare` uses the pool from the moment it is ready."""
         if self._pool is not None or self._pool_starting is not None:
             return
+        if self._spool is None:
+            self._spool = Spool.open(self.opts.spool_dir)
         if self._forked is not None:
             self._pool, self._forked = self._forked, None
             log.info("decode workers: %d, forked at start-up", self.opts.decode_workers)

@@ -25,10 +25,12 @@ from keeper.indexer.prepare import (
     STAGED_COLUMNS,
     Prepared,
     RowsAs,
+    StagedRows,
     decode_logs,
     prepare_logs,
 )
 from keeper.indexer.records import BlockHeader, LogRecord
+from keeper.indexer.spool import mapped
 from keeper.indexer.target import IndexTarget
 from keeper.store.bulk import insert_wire
 from keeper.store.models import BLOCKS, CHECKPOINTS, EVENTS, TABLES
@@ -275,7 +277,9 @@ class IndexStore:
     def _write(self, conn: Any, fr: FetchedRange, prepared: Prepared) -> None:
         staged = prepared.staged
         if staged is not None:
-            if staged.packed is not None:
+            if staged.spooled is not None:
+                copied = _insert_spooled(conn, staged)
+            elif staged.packed is not None:
                 copied = insert_packed(conn, staged.packed, STAGED_COLUMNS)
             else:
                 copied = insert_staged(conn, staged.blob, STAGED_COLUMNS)
@@ -335,6 +339,19 @@ class IndexStore:
                 .group_by(EVENTS.c.event_name)
             ).all()
         return {(name or "(unknown)"): int(n) for name, n in sorted(rows, key=lambda r: r[0] or "")}
+
+
+def _insert_spooled(conn: Any, staged: StagedRows) -> dict[str, int]:
+    """:func:`insert_packed` of the packed buffers a decode worker left in a spool file (SQLite copies
+    each from the mapping; the views are released before it is unmapped)."""
+    assert staged.spooled is not None
+    with mapped(staged.spooled) as view:
+        tables = staged.tables(view)
+        try:
+            return insert_packed(conn, tables, STAGED_COLUMNS)
+        finally:
+            for part in tables.values():
+                part.release()
 
 
 def _attaches(p: Prepared) -> bool:

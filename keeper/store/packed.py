@@ -65,7 +65,7 @@ def readable(conn: Connection) -> bool:
 
 
 def insert_packed(
-    conn: Connection, packed: Mapping[str, bytes], columns: Mapping[str, Sequence[str]]
+    conn: Connection, packed: Mapping[str, bytes | memoryview], columns: Mapping[str, Sequence[str]]
 ) -> dict[str, int]:
     """Copies each table's packed rows (``packed``: table name -> :func:`pack_rows` of rows in
     ``columns[name]`` order) into the table of the same name, in the caller's transaction and in the

@@ -173,14 +173,33 @@ def test_decode_workers_write_what_the_keeper_process_writes(
     deployed: Any, tmp_path: Path, db_kind: str
 ) -> None:
     """The backfill's worker processes (parse, decode, fold) and the live tail's in-process path give
-    the same tables, row for row."""
+    the same tables, row for row, whether the answers and rows go through the pool's pipes or through
+    spool files (which are all gone afterwards)."""
     w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
     simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 1, blocks=6)
     target = IndexTarget.from_deployment(dep)
-    workers = fresh_dump(url, target, db_kind, tmp_path / "w", initial_range=5, workers_from_blocks=1)
+    options: dict[str, Any] = {"initial_range": 5, "workers_from_blocks": 1}
+    workers = fresh_dump(url, target, db_kind, tmp_path / "w", spool_dir=None, **options)
     threads = fresh_dump(url, target, db_kind, tmp_path / "t", initial_range=5, decode_workers=0)
     assert len(workers["events"]) > 100 and len(workers["position_changes"]) > 10
     assert diff_dumps(workers, threads) == []
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    with throwaway_database(db_kind, tmp_path / "sp") as db_url:
+        engine, store = open_store(db_url, target)
+        try:
+            run = index_to_head(url, store, spool_dir=str(shm), spool_min_bytes=0, **options)
+            assert diff_dumps(dump_tables(engine, target.chain_id), threads) == []
+        finally:
+            engine.dispose()
+    # (answers decoded before the workers were up went through no spool; ranges without logs have no rows,
+    # and PostgreSQL takes rows, not packed buffers)
+    assert run.stats.spooled_answers > 0
+    if db_kind == "sqlite":
+        assert 0 < run.stats.spooled_rows <= run.stats.spooled_answers
+    else:
+        assert run.stats.spooled_rows == 0
+    assert list(shm.iterdir()) == []
     if db_kind == "sqlite":  # the workers packed their rows; staged databases (the fallback) write the same
         with throwaway_database(db_kind, tmp_path / "s") as db_url:
             engine, store = open_store(db_url, target)
