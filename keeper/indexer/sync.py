@@ -102,9 +102,9 @@ class SyncOptions:
     #: answers at least this big (and their rows) go through the spool; smaller ones through the pipes
     spool_min_bytes: int = SPOOL_MIN_BYTES
     #: ranges already fetched are written together, in one transaction, up to this many ranges...
-    group_ranges: int = 4
+    group_ranges: int = 8
     #: ... or this many logs
-    group_logs: int = 20_000
+    group_logs: int = 40_000
     target_logs: int = 5_000
     #: span of the first range of a run: the chain's density is unknown until then, and a dense chain
     #: must not arrive as one huge answer (memory); :class:`AdaptiveRange` grows it from there.
