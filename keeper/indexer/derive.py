@@ -671,6 +671,10 @@ class Deriver:
         self.cache_rows = cache_rows
         self._cache: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
         self._cached = 0
+        #: (chain id, table) whose every stored row is in the cache: found empty while the cache was, and
+        #: kept since (a key missing from the cache is then missing from the table: a fresh backfill
+        #: does not ask the database about each account and position it meets for the first time)
+        self._complete: set[tuple[int, str]] = set()
         self._pending: dict[tuple[int, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
         #: (chain id, table) -> keys whose pending row is not written yet (see :meth:`flush`)
         self._dirty: dict[tuple[int, str], dict[tuple[Any, ...], None]] = {}  # keys in first-touch order
@@ -696,6 +700,7 @@ class Deriver:
     def clear(self) -> None:
         """Forgets every cached row (after a rollback or a failed commit)."""
         self._cache.clear()
+        self._complete.clear()
         self._pending = {}
         self._dirty = {}
         self._cached = 0
@@ -774,7 +779,7 @@ class Deriver:
                     missing.append(k)
                 else:
                     existing[k] = row
-            if missing:
+            if missing and not self._known_complete(conn, chain_id, ts):
                 existing.update(self._load(conn, chain_id, ts, missing))
             dirty = self._dirty.setdefault((chain_id, ts.table.name), {})
             for key, (sets, adds) in keys.items():
@@ -932,6 +937,20 @@ class Deriver:
             if cand is not None and (best is None or cand.position > best.position):
                 best = cand
         return best
+
+    def _known_complete(self, conn: Connection, chain_id: int, ts: TableSpec) -> bool:
+        """Whether the cache holds every stored row of ``ts`` (see ``_complete``); one query when its cache
+        is empty and the table may be too."""
+        name = (chain_id, ts.table.name)
+        if name in self._complete:
+            return True
+        if self._cache.get(name):
+            return False
+        t = ts.table
+        if conn.execute(select(t.c.chain_id).where(t.c.chain_id == chain_id).limit(1)).first() is None:
+            self._complete.add(name)
+            return True
+        return False
 
     def _load(
         self, conn: Connection, chain_id: int, ts: TableSpec, keys: list[tuple[Any, ...]]

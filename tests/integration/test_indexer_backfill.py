@@ -20,6 +20,7 @@ from keeper.chain.rpc import RpcClient
 from keeper.devchain.simulate import simulate, trader_address
 from keeper.errors import KeeperError
 from keeper.indexer import sync
+from keeper.indexer.derive import Deriver
 from keeper.indexer.sync import Indexer, SyncOptions
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import Driver, compare_with_views, fresh_dump, index_to_head, open_store
@@ -106,6 +107,41 @@ def test_tiny_ranges_equal_one_big_range(
         fresh = fresh_dump(url, target, db_kind, tmp_path, window=4, initial_range=100_000)
         assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
         assert len(store.window_blocks()) == 5  # the window: checkpoint and the 4 blocks below it
+    finally:
+        engine.dispose()
+
+
+def test_a_fresh_index_asks_the_database_for_no_row_and_a_resumed_one_does(
+    deployed: Any, new_db: Callable[[], str], tmp_path: Path, db_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an empty table every row the writer folds onto is in its cache, or new: it loads none (one
+    query per account or position met for the first time, otherwise). A resumed index (rows stored by an
+    earlier run, not cached) loads them as before, and both equal a fresh index."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    target = IndexTarget.from_deployment(dep)
+    loads: list[tuple[str, int]] = []
+    real_load = Deriver._load
+
+    def load(self: Deriver, conn: Any, chain_id: int, ts: Any, keys: list[Any]) -> Any:
+        loads.append((ts.table.name, len(keys)))
+        return real_load(self, conn, chain_id, ts, keys)
+
+    monkeypatch.setattr(Deriver, "_load", load)
+    simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 2, blocks=4)
+    db = new_db()
+    engine, store = open_store(db, target)
+    try:
+        index_to_head(url, store, initial_range=2, decode_workers=0)
+        assert loads == []
+        simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 2, blocks=3)
+        again, resumed = open_store(db, target)  # a new run: nothing cached
+        try:
+            index_to_head(url, resumed, initial_range=2, decode_workers=0)
+        finally:
+            again.dispose()
+        assert {name for name, _ in loads} >= {"accounts", "positions"}
+        fresh = fresh_dump(url, target, db_kind, tmp_path, decode_workers=0)
+        assert diff_dumps(dump_tables(engine, target.chain_id), fresh) == []
     finally:
         engine.dispose()
 
