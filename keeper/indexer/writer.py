@@ -356,7 +356,7 @@ def _insert_spooled(conn: Any, staged: StagedRows) -> dict[str, int]:
 
 def _attaches(p: Prepared) -> bool:
     """Whether writing ``p`` needs the staging schema attached (rows in a staged database)."""
-    return p.staged is not None and p.staged.packed is None
+    return p.staged is not None and p.staged.packed is None and p.staged.spooled is None
 
 
 def table_counts(engine: Engine, chain_id: int | None = None) -> dict[str, int]:

@@ -99,3 +99,20 @@ def test_a_file_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="3 bytes, 4 expected"), mapped(Spooled(ref.path, 4)):
         pass
     assert not Path(ref.path).exists()
+
+
+def test_rows_in_a_spool_need_no_staging_schema(tmp_path: Path) -> None:
+    """Only rows staged as a database make the writer ATTACH its staging schema (a needless ATTACH and
+    DETACH per transaction otherwise)."""
+    from keeper.indexer.derive import Folded
+    from keeper.indexer.prepare import Prepared
+    from keeper.indexer.writer import _attaches
+
+    def prepared(rows: StagedRows) -> Prepared:
+        return Prepared([], Folded({}, {}), {}, staged=rows)
+
+    ref = write(str(tmp_path), b"x")
+    assert ref is not None
+    assert not _attaches(prepared(StagedRows(1, spooled=ref, layout=(("events", 1),))))
+    assert not _attaches(prepared(StagedRows(1, packed={"events": b"x"})))
+    assert _attaches(prepared(StagedRows(1, blob=b"x")))
