@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SQLITE_CACHE_KIB = 65_536  # page cache of the indexer's writes on SQLite (64 MB)
 SQLITE_WAL_CHECKPOINT_BYTES = 40 << 20  # WAL size that triggers a checkpoint (default: 1,000 pages)
+#: the first GiB of the database file read through a memory mapping, not read() copies (address space:
+#: its pages are the OS's file cache, shared and reclaimable, not the keeper's heap)
+SQLITE_MMAP_BYTES = 1 << 30
 
 
 class ConcurrentWriter(KeeperError):
@@ -375,7 +378,8 @@ def bulk_write_pragmas(conn: Any, page_size: int | None = None) -> int | None:
     database's page size (read once: ``page_size`` given, it is not read again; None off SQLite).
 
     A bigger page cache keeps the events indexes' pages in memory instead of re-reading them from
-    the OS on every range; a WAL checkpoint every 40 MB (10,000 pages of 4 KiB, 2,560 of 16 KiB)
+    the OS on every range, and what it misses is read through a memory mapping (no copy: 1.05x on the
+    bench chain, median of 8 pairs); a WAL checkpoint every 40 MB (10,000 pages of 4 KiB, 2,560 of 16 KiB)
     instead of every 1,000 pages copies an index page into the database once per several ranges
     instead of once per range. Both are bounded (memory stays flat in the chain's length) and neither
     touches durability: every range's data and checkpoint still commit in one transaction, and
@@ -384,6 +388,7 @@ def bulk_write_pragmas(conn: Any, page_size: int | None = None) -> int | None:
     if conn.dialect.name != "sqlite":
         return None
     conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    conn.exec_driver_sql(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     if page_size is None:  # fixed once the database exists (a VACUUM aside)
         page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
     conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_BYTES // page_size}")

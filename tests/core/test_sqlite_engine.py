@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from keeper.indexer.writer import SQLITE_WAL_CHECKPOINT_BYTES, bulk_write_pragmas
+from keeper.indexer.writer import SQLITE_MMAP_BYTES, SQLITE_WAL_CHECKPOINT_BYTES, bulk_write_pragmas
 from keeper.store.engine import SQLITE_PAGE_SIZE, make_engine
 
 
@@ -21,6 +21,8 @@ def test_a_new_database_gets_large_pages_and_wal(tmp_path: Path) -> None:
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
         assert bulk_write_pragmas(conn) == 16_384  # the page size, for the writer to keep
         checkpoint_pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        # the writer reads pages through a mapping of the file (this SQLite is built with mmap support)
+        assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == SQLITE_MMAP_BYTES
     engine.dispose()
     assert _pragma(path, "page_size") == SQLITE_PAGE_SIZE == 16_384
     assert _pragma(path, "journal_mode") == "wal"
