@@ -548,7 +548,15 @@ class Indexer:
                     # spooled only now: a copy that waits for its turn would only take memory
                     sent = spool.put(raw) if spool is not None else None
                     job = (sent or raw, frm, to, ts, cid, contracts, self.store.rows_as, back)
-                    got = await loop.run_in_executor(self._pool, prepare_in_worker, *job)
+                    try:
+                        got = await loop.run_in_executor(self._pool, prepare_in_worker, *job)
+                    except OSError as exc:  # the worker could not map the spool file: the pipe then
+                        if sent is None:
+                            raise
+                        log.warning("decode worker could not read %s (%s): answer sent again by pipe",
+                                    sent.path, exc)  # fmt: skip
+                        sent, job = None, (raw, *job[1:])
+                        got = await loop.run_in_executor(self._pool, prepare_in_worker, *job)
                 self.stats.spooled_answers += sent is not None
                 if isinstance(got, Prepared) and got.staged is not None and got.staged.spooled is not None:
                     self.stats.spooled_rows += 1

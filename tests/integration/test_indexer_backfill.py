@@ -21,6 +21,7 @@ from keeper.devchain.simulate import simulate, trader_address
 from keeper.errors import KeeperError
 from keeper.indexer import sync
 from keeper.indexer.derive import Deriver
+from keeper.indexer.spool import Spool, Spooled
 from keeper.indexer.sync import Indexer, SyncOptions
 from keeper.indexer.target import IndexTarget
 from keeper.indexer.testing import Driver, compare_with_views, fresh_dump, index_to_head, open_store
@@ -206,7 +207,7 @@ def test_wrong_chain_is_not_indexed(deployed: Any, new_db: Callable[[], str]) ->
 
 
 def test_decode_workers_write_what_the_keeper_process_writes(
-    deployed: Any, tmp_path: Path, db_kind: str
+    deployed: Any, tmp_path: Path, db_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The backfill's worker processes (parse, decode, fold) and the live tail's in-process path give
     the same tables, row for row, whether the answers and rows go through the pool's pipes or through
@@ -221,6 +222,7 @@ def test_decode_workers_write_what_the_keeper_process_writes(
     assert diff_dumps(workers, threads) == []
     shm = tmp_path / "shm"
     shm.mkdir()
+    monkeypatch.setattr(sync, "POOL_WAIT_BYTES", 0)  # every answer waits for the workers to be up
     with throwaway_database(db_kind, tmp_path / "sp") as db_url:
         engine, store = open_store(db_url, target)
         try:
@@ -228,9 +230,8 @@ def test_decode_workers_write_what_the_keeper_process_writes(
             assert diff_dumps(dump_tables(engine, target.chain_id), threads) == []
         finally:
             engine.dispose()
-    # (answers decoded before the workers were up went through no spool; ranges without logs have no rows,
-    # and PostgreSQL takes rows, not packed buffers)
-    assert run.stats.spooled_answers > 0
+    # (ranges without logs have no rows, and PostgreSQL takes rows, not packed buffers)
+    assert run.stats.spooled_answers == run.stats.ranges
     if db_kind == "sqlite":
         assert 0 < run.stats.spooled_rows <= run.stats.spooled_answers
     else:
@@ -246,6 +247,40 @@ def test_decode_workers_write_what_the_keeper_process_writes(
                 assert diff_dumps(dump_tables(engine, target.chain_id), threads) == []
             finally:
                 engine.dispose()
+
+
+def test_an_answer_a_worker_cannot_read_from_the_spool_goes_by_pipe(
+    deployed: Any,
+    tmp_path: Path,
+    db_kind: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A spool file the worker cannot map (removed behind the keeper's back, say) costs a warning and a
+    second sending of the answer, not the range: the index equals one made in the keeper's process."""
+    w3, dep, url = deployed.w3, deployed.deployment, deployed.anvil.url
+    simulate(w3, dep, "calm", traders=N_TRADERS, seed=SEED + 3, blocks=4)
+    target = IndexTarget.from_deployment(dep)
+    gone: list[str] = []
+    real_put = Spool.put
+
+    def put(self: Spool, data: Any) -> Spooled | None:
+        ref = real_put(self, data)
+        if ref is not None:
+            os.unlink(ref.path)
+            gone.append(ref.path)
+        return ref
+
+    monkeypatch.setattr(Spool, "put", put)
+    monkeypatch.setattr(sync, "POOL_WAIT_BYTES", 0)  # every answer waits for the workers to be up
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    options: dict[str, Any] = {"initial_range": 5, "workers_from_blocks": 1, "spool_min_bytes": 0}
+    with caplog.at_level("WARNING", logger="keeper.indexer"):
+        spooled = fresh_dump(url, target, db_kind, tmp_path / "w", spool_dir=str(shm), **options)
+    threads = fresh_dump(url, target, db_kind, tmp_path / "t", initial_range=5, decode_workers=0)
+    assert gone and diff_dumps(spooled, threads) == []
+    assert "answer sent again by pipe" in caplog.text
 
 
 def _record_fetches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
