@@ -98,6 +98,10 @@ class TableSpec:
         self.event_keys: set[EventKey] = set()
         for g in self.groups:
             self.event_keys |= g.handlers.keys()
+        #: columns a fold may leave as a :class:`ListingPeriod`, resolved where the database is at hand
+        self.deferred = tuple(
+            c for g in self.groups if _listing_period in g.handlers.values() for c in g.columns
+        )
         for s in self.sums:
             self.event_keys |= s.handlers.keys()
 
@@ -766,34 +770,33 @@ class Deriver:
             keys = folded.touches.get(ts.table.name)
             if not keys:
                 continue
-            # rows written earlier in this transaction, then rows as last committed, then the database
+            # rows written earlier in this transaction (this transaction's own: updated in place), then
+            # rows as last committed (copied), then the database
             pending = self._pending.setdefault((chain_id, ts.table.name), {})
             cache = self._cache.get((chain_id, ts.table.name), {})
-            existing = {}
-            missing = []
-            for k in keys:
-                row = pending.get(k)
-                if row is None:
-                    row = cache.get(k)
-                if row is None:
-                    missing.append(k)
-                else:
-                    existing[k] = row
+            missing = [k for k in keys if k not in pending and k not in cache]
+            loaded = {}
             if missing and not self._known_complete(conn, chain_id, ts):
-                existing.update(self._load(conn, chain_id, ts, missing))
+                loaded = self._load(conn, chain_id, ts, missing)
             dirty = self._dirty.setdefault((chain_id, ts.table.name), {})
+            deferred = ts.deferred
             for key, (sets, adds) in keys.items():
-                old_row = existing.get(key)
-                if old_row is None:
-                    row = ts.defaults()
-                    row.update(_key_dict(chain_id, ts, key))
-                else:
-                    row = old_row.copy()
-                for col, v in sets.items():
-                    row[col] = v.resolve(ctx) if isinstance(v, ListingPeriod) else v
+                row = pending.get(key)
+                if row is None:
+                    old_row = cache.get(key) or loaded.get(key)
+                    if old_row is None:
+                        row = ts.defaults()
+                        row.update(_key_dict(chain_id, ts, key))
+                    else:
+                        row = old_row.copy()
+                    pending[key] = row
+                row.update(sets)
+                for col in deferred:
+                    v = row[col]
+                    if isinstance(v, ListingPeriod):
+                        row[col] = v.resolve(ctx)
                 for col, n in adds.items():
                     row[col] += n
-                pending[key] = row
                 dirty[key] = None
         for proj_table in APPEND_ONLY:
             new_rows = folded.appends.get(proj_table.name)
