@@ -12,6 +12,8 @@ start-up. The first problem found is raised as one :class:`~keeper.errors.Keeper
   pushed by the bytecode's dispatcher);
 * the database: reachable, its schema revision the code's (Alembic head), or older when
   ``database.auto_migrate`` is on; leader election usable (PostgreSQL 14+);
+* the decode workers' spool (``indexer.spool_dir``): a writable tmpfs with room, else a warning (the
+  workers then use pipes, at some CPU);
 * the key (``need_key``): loadable (keystore + password file, not readable by others; or the dev
   environment variable), with a warning when its account holds no ETH.
 
@@ -391,12 +393,67 @@ def check_key(settings: Settings, report: Report, w3: Web3 | None) -> None:
 # ------------------------------------------------------------------------------------------ all
 
 
+#: below this much free room in the spool, a dense chain's answers go through the pipes
+SPOOL_ROOM_BYTES = 256 << 20
+
+
+def check_spool(settings: Settings, report: Report) -> None:
+    """indexer.spool_dir (:mod:`keeper.indexer.spool`): usable, in memory, with room; never fatal (the
+    decode workers fall back to pipes, at some CPU)."""
+    root = settings.indexer.spool_dir
+    if not root:
+        report.ok.append("indexer.spool_dir empty: decode workers get their data through pipes")
+        return
+    path = Path(root)
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        report.warnings.append(
+            f"indexer.spool_dir {root} is not a writable directory: decode workers will use pipes "
+            "(more CPU during a backfill)"
+        )
+        return
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    kind = _filesystem(path)
+    if kind != "tmpfs":
+        report.warnings.append(
+            f"indexer.spool_dir {root} is on {kind or 'an unknown filesystem'}, not a tmpfs: spool files "
+            "may reach the disk"
+        )
+    if free < SPOOL_ROOM_BYTES:
+        report.warnings.append(
+            f"indexer.spool_dir {root} has {free >> 20} MB free: answers that do not fit go through pipes "
+            f"(give it {SPOOL_ROOM_BYTES >> 20} MB or more, e.g. docker --shm-size=256m)"
+        )
+    if kind == "tmpfs" and free >= SPOOL_ROOM_BYTES:
+        report.ok.append(f"indexer.spool_dir {root}: tmpfs, {free >> 20} MB free")
+
+
+def _filesystem(path: Path) -> str | None:
+    """The type of the filesystem ``path`` is on, from /proc/mounts (None when unknown)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best, kind = -1, None
+    target = str(path.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, kind = len(point), parts[2]
+    return kind
+
+
 def preflight(settings: Settings, *, need_key: bool = True, check_db: bool = True) -> Report:
     """Runs every check (see the module docstring); KeeperError on the first problem."""
     report = Report()
     w3, _ = check_chain(settings, report)
     if check_db:
         check_database(settings, report)
+    check_spool(settings, report)
     if need_key:
         check_key(settings, report, w3)
     return report
