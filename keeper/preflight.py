@@ -394,7 +394,7 @@ def check_key(settings: Settings, report: Report, w3: Web3 | None) -> None:
 
 
 #: below this much free room in the spool, a dense chain's answers go through the pipes
-SPOOL_ROOM_BYTES = 256 << 20
+SPOOL_ROOM_BYTES = 128 << 20
 
 
 def check_spool(settings: Settings, report: Report) -> None:
