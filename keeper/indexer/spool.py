@@ -10,7 +10,7 @@ CPU-s for the bench chain's answers sent and returned).
 
 Each keeper process has its own directory, ``zanbara-keeper-spool-<pid>``, readable by its user only,
 removed when the backfill's workers stop. A process killed with ``kill -9`` leaves it behind: the next
-keeper to open a spool in the same place removes every spool directory whose process is gone. Any
+keeper to start in the same place removes every spool directory whose process is gone. Any
 failure to write (no such directory, a full tmpfs: Docker gives containers 64 MB of ``/dev/shm``
 unless told otherwise) sends that one string through the pipe instead.
 """
@@ -57,10 +57,7 @@ class Spool:
             return None
         base = Path(root)
         try:
-            for old in base.glob(PREFIX + "*"):
-                pid = old.name.removeprefix(PREFIX)
-                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                    shutil.rmtree(old, ignore_errors=True)
+            remove_stale(base)
             directory = base / f"{PREFIX}{os.getpid()}"
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(mode=0o700)
@@ -77,6 +74,18 @@ class Spool:
     def close(self) -> None:
         """Removes the directory and whatever was not read (ranges dropped by a reorg, say)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def remove_stale(root: str | os.PathLike[str] | None) -> None:
+    """Removes the spool directories under ``root`` whose keeper process is gone (killed with kill -9:
+    nothing else removed them). Called as the indexer starts, and before each spool is opened."""
+    if root is None:
+        return
+    with contextlib.suppress(OSError):
+        for old in Path(root).glob(PREFIX + "*"):
+            pid = old.name.removeprefix(PREFIX)
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
 
 
 _WORKER_NAMES = itertools.count()

@@ -61,7 +61,7 @@ from keeper.indexer.progress import Progress
 from keeper.indexer.records import BlockHeader
 from keeper.indexer.split import Piece, split_by_block
 from keeper.indexer.spool import MIN_BYTES as SPOOL_MIN_BYTES
-from keeper.indexer.spool import Spool, Spooled
+from keeper.indexer.spool import Spool, Spooled, remove_stale
 from keeper.indexer.writer import ChainChanged, CheckpointState, FetchedRange, IndexStore
 
 log = logging.getLogger("keeper.indexer")
@@ -197,6 +197,7 @@ class Indexer:
         """Checks the chain id, creates or loads the checkpoint, and checks the window against the chain."""
         cid, head = await self.rpc.chain_id_and_head()
         self._check_chain_id(cid)
+        remove_stale(self.opts.spool_dir)  # left by a keeper killed during a backfill
         cp = await asyncio.to_thread(self.store.checkpoint)
         if cp is None:
             start = self.target.start_block
@@ -339,6 +340,7 @@ class Indexer:
         assert self.cp is not None
         cid, head = await self.rpc.chain_id_and_head()
         self._check_chain_id(cid)
+        remove_stale(self.opts.spool_dir)  # left by a keeper killed during a backfill
         window = await asyncio.to_thread(self.store.window_blocks)
         cands = [(n, h) for n, h in window if n <= head]
         fork: tuple[int, str] | None = None

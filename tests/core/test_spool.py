@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from keeper.indexer.prepare import StagedRows
-from keeper.indexer.spool import PREFIX, Spool, Spooled, mapped, write
+from keeper.indexer.spool import PREFIX, Spool, Spooled, mapped, remove_stale, write
 
 
 def test_what_is_put_is_what_is_mapped_and_the_file_is_gone_once_mapped(tmp_path: Path) -> None:
@@ -84,6 +84,17 @@ def test_a_dead_keepers_spool_is_removed_and_a_live_ones_is_kept(tmp_path: Path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([f"{PREFIX}{live}", f"{PREFIX}{os.getpid()}", "other"])
     sp.close()
+
+
+def test_stale_spools_go_without_opening_one(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp_path / f"{PREFIX}{dead}").mkdir()
+    (tmp_path / f"{PREFIX}{os.getpid()}").mkdir()  # this process's: never taken for another's
+    remove_stale(tmp_path)
+    remove_stale(tmp_path / "missing")  # nothing there: nothing to do, no error
+    remove_stale(None)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{PREFIX}{os.getpid()}"]
 
 
 def test_no_spool_where_there_is_no_directory(tmp_path: Path) -> None:

@@ -206,6 +206,12 @@ def test_wrong_chain_is_not_indexed(deployed: Any, new_db: Callable[[], str]) ->
         engine.dispose()
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    code = "import os; print(os.getpid())"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+
+
 def test_decode_workers_write_what_the_keeper_process_writes(
     deployed: Any, tmp_path: Path, db_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,11 +223,17 @@ def test_decode_workers_write_what_the_keeper_process_writes(
     target = IndexTarget.from_deployment(dep)
     options: dict[str, Any] = {"initial_range": 5, "workers_from_blocks": 1}
     workers = fresh_dump(url, target, db_kind, tmp_path / "w", spool_dir=None, **options)
-    threads = fresh_dump(url, target, db_kind, tmp_path / "t", initial_range=5, decode_workers=0)
+    # a spool left by a keeper killed during a backfill goes as the next one starts, even one that
+    # needs no spool itself
+    shm = tmp_path / "shm"
+    stale = shm / f"zanbara-keeper-spool-{_dead_pid()}"
+    stale.mkdir(parents=True)
+    (stale / "k0").write_bytes(b"an answer nobody will read")
+    threads = fresh_dump(url, target, db_kind, tmp_path / "t", initial_range=5, decode_workers=0,
+                         spool_dir=str(shm))  # fmt: skip
+    assert not stale.exists()
     assert len(workers["events"]) > 100 and len(workers["position_changes"]) > 10
     assert diff_dumps(workers, threads) == []
-    shm = tmp_path / "shm"
-    shm.mkdir()
     monkeypatch.setattr(sync, "POOL_WAIT_BYTES", 0)  # every answer waits for the workers to be up
     with throwaway_database(db_kind, tmp_path / "sp") as db_url:
         engine, store = open_store(db_url, target)
